@@ -1,0 +1,351 @@
+"""Inference API: a resident :class:`Cartoonizer` for Python, and file batches for the CLI.
+
+The same code serves CPU and CUDA. Pre- and post-processing (uint8 -> float, normalisation,
+tanh output -> uint8) run on the model's device. Images too large for memory are processed in
+overlapping tiles blended with linear ramps; on CUDA an out-of-memory error falls back to tiles.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from . import images as imio
+from .checkpoint import DTYPES, default_checkpoint, load
+from .model import DCTNet
+
+#: On CPU, images above this many pixels are tiled automatically (bounded memory).
+CPU_MAX_PIXELS = 2048 * 2048
+DEFAULT_TILE = 1024
+MIN_TILE = 128
+
+
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but CUDA is not available on this machine")
+    return device
+
+
+def target_size(w: int, h: int, size: Optional[int]) -> Tuple[int, int]:
+    """(w, h) scaled so that the longer side is ``size`` (aspect kept; at least 1 px)."""
+    if size is None:
+        return w, h
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    scale = int(size) / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _ramp(n: int, overlap: int, device, dtype) -> torch.Tensor:
+    """1-D blending weights: linear ramps of length ``overlap`` at both ends, never zero."""
+    w = torch.ones(n, device=device, dtype=dtype)
+    k = min(overlap, n // 2)
+    if k > 0:
+        r = torch.arange(1, k + 1, device=device, dtype=dtype) / (k + 1)
+        w[:k] = r
+        w[n - k:] = r.flip(0)
+    return w
+
+
+def _starts(n: int, tile: int, stride: int) -> List[int]:
+    if n <= tile:
+        return [0]
+    s = list(range(0, n - tile, stride))
+    return s + [n - tile]
+
+
+@dataclasses.dataclass
+class FilesReport:
+    """What :func:`cartoonize_files` did: outputs written and inputs that failed."""
+
+    ok: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    failed: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"ok": [list(x) for x in self.ok], "failed": [list(x) for x in self.failed],
+                "seconds": round(self.seconds, 3)}
+
+
+class Cartoonizer:
+    """A resident, ready-to-run cartoonization model.
+
+    Args:
+        checkpoint: a checkpoint name (``toon-w48``), a path, or a :class:`DCTNet`; ``None``
+            takes the shipped default and fails if no trained checkpoint exists.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (weights and activations cast).
+        channels_last: memory format; ``None`` means on for CUDA, off for CPU.
+        compile: wrap the network in ``torch.compile``.
+        tile: tile size for tiled inference (``None``: whole images, with automatic tiling for
+            very large images on CPU and on CUDA out-of-memory); ``tile_overlap`` pixels blend.
+    """
+
+    def __init__(self, checkpoint: Union[str, os.PathLike, DCTNet, None] = None, *,
+                 device: Union[str, torch.device] = "auto", precision: str = "fp32",
+                 channels_last: Optional[bool] = None, compile: bool = False,
+                 tile: Optional[int] = None, tile_overlap: int = 64):
+        if precision not in DTYPES:
+            raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+        if tile is not None and tile < 16:
+            raise ValueError(f"tile must be at least 16 pixels, got {tile}")
+        if tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0, got {tile_overlap}")
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.dtype = DTYPES[precision]
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        self.tile, self.tile_overlap = tile, tile_overlap
+        t0 = time.perf_counter()
+        if isinstance(checkpoint, DCTNet):
+            model = checkpoint.eval()
+        else:
+            model = load(checkpoint if checkpoint is not None else default_checkpoint(), device="cpu")
+        model = model.to(device=self.device, dtype=self.dtype)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.checkpoint_info = getattr(model, "checkpoint_info", None)
+        self.net = torch.compile(model) if compile else model
+        self.load_seconds = time.perf_counter() - t0
+
+    # -------------------------------------------------------------------- tensors
+    @torch.inference_mode()
+    def forward(self, x01: torch.Tensor, strength: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] (float, any device) -> same shape in [0, 1] on the model's device."""
+        x = x01.to(self.device, non_blocking=True).to(self.dtype) * 2 - 1
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h, w = x.shape[-2:]
+        tile = self.tile
+        if tile is None and self.device.type == "cpu" and h * w > CPU_MAX_PIXELS:
+            tile = DEFAULT_TILE
+        if tile is not None and (h > tile or w > tile):
+            y = self._tiled(x, strength, tile)
+        else:
+            try:
+                y = self.net(x, strength)
+            except torch.cuda.OutOfMemoryError:
+                y = self._oom_fallback(x, strength)
+        return ((y.float() + 1) * 0.5).clamp_(0, 1)
+
+    def _oom_fallback(self, x, strength):
+        torch.cuda.empty_cache()
+        tile = DEFAULT_TILE
+        while tile >= MIN_TILE:
+            try:
+                return self._tiled(x, strength, tile)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                tile //= 2
+        raise torch.cuda.OutOfMemoryError(f"out of memory even with {MIN_TILE} px tiles")
+
+    def _tiled(self, x: torch.Tensor, strength, tile: int) -> torch.Tensor:
+        """Overlapping tiles, blended with linear ramps; memory bounded by the tile size."""
+        b, _, h, w = x.shape
+        overlap = min(self.tile_overlap, tile // 2)
+        stride = tile - overlap
+        out = torch.zeros(b, 3, h, w, device=x.device, dtype=torch.float32)
+        weight = torch.zeros(1, 1, h, w, device=x.device, dtype=torch.float32)
+        for top in _starts(h, tile, stride):
+            for left in _starts(w, tile, stride):
+                th, tw = min(tile, h), min(tile, w)
+                y = self.net(x[..., top:top + th, left:left + tw], strength).float()
+                m = _ramp(th, overlap, x.device, torch.float32)[:, None] * _ramp(tw, overlap, x.device, torch.float32)[None, :]
+                out[..., top:top + th, left:left + tw] += y * m
+                weight[..., top:top + th, left:left + tw] += m
+        return out / weight
+
+    # -------------------------------------------------------------------- images
+    def _prepare(self, image, size) -> Tuple[torch.Tensor, Optional[np.ndarray], str]:
+        """Anything image-like -> ((1,3,H,W) uint8 tensor, alpha, kind)."""
+        if isinstance(image, (str, os.PathLike)):
+            rgb, alpha = imio.read_image(image)
+            kind = "pil"
+        elif isinstance(image, Image.Image):
+            rgb, alpha = imio.split_alpha(ImageOps.exif_transpose(image))
+            kind = "pil"
+        elif isinstance(image, np.ndarray):
+            rgb, alpha = imio.array_to_rgb(image)
+            kind = "array"
+        else:
+            raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image, "
+                            f"HxWxC uint8 array or a tensor")
+        h, w = rgb.shape[:2]
+        tw, th = target_size(w, h, size)
+        if (tw, th) != (w, h):
+            rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.LANCZOS))
+        t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
+        return t, alpha, kind
+
+    @torch.inference_mode()
+    def _run_uint8(self, batch: torch.Tensor, strength) -> np.ndarray:
+        """(B,3,H,W) uint8 -> (B,H,W,3) uint8 numpy; conversion happens on the model's device."""
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        x = batch.to(self.device, non_blocking=True).float().div_(255)
+        y = self.forward(x, strength)
+        return y.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def __call__(self, image: Any, strength: float = 1.0, size: Optional[int] = None):
+        """Cartoonize one image; returns the same kind it was given.
+
+        Paths and PIL images give a PIL image (RGBA when the input had alpha), arrays give an
+        HxWx3 (or x4) uint8 array, tensors ((3,H,W) or (B,3,H,W) in [0, 1], or uint8) give a
+        float tensor in [0, 1] on the input's device. ``size`` sets the longer output side.
+        """
+        if isinstance(image, torch.Tensor):
+            return self._call_tensor(image, strength, size)
+        t, alpha, kind = self._prepare(image, size)
+        return _finish(self._run_uint8(t, strength)[0], alpha, kind)
+
+    def _call_tensor(self, t: torch.Tensor, strength, size) -> torch.Tensor:
+        single = t.dim() == 3
+        x = t[None] if single else t
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"tensor input must be (3,H,W) or (B,3,H,W), got {tuple(t.shape)}")
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        if size is not None:
+            tw, th = target_size(x.shape[-1], x.shape[-2], size)
+            x = F.interpolate(x, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
+        y = self.forward(x, strength).to(t.device).clone()  # a normal tensor, not an inference one
+        return y[0] if single else y
+
+    def batch(self, images: Sequence[Any], strength: float = 1.0, size: Optional[int] = None,
+              batch_size: int = 8) -> list:
+        """Cartoonize many images; same-sized neighbours run as one batch."""
+        prepared = [self._prepare(im, size) for im in images]
+        results: list = [None] * len(prepared)
+        for idx in _same_shape_runs([p[0].shape for p in prepared], batch_size):
+            out = self._run_uint8(torch.cat([prepared[i][0] for i in idx]), strength)
+            for j, i in enumerate(idx):
+                results[i] = _finish(out[j], prepared[i][1], prepared[i][2])
+        return results
+
+
+def _finish(rgb: np.ndarray, alpha: Optional[np.ndarray], kind: str):
+    """Result in the kind of the input: a PIL image, or an array (HxWx4 when it had alpha)."""
+    if kind == "array":
+        return rgb if alpha is None else np.asarray(imio.compose(rgb, alpha))
+    return imio.compose(rgb, alpha)
+
+
+def _same_shape_runs(shapes: Sequence, batch_size: int) -> List[List[int]]:
+    runs: List[List[int]] = []
+    for i, s in enumerate(shapes):
+        if runs and len(runs[-1]) < batch_size and shapes[runs[-1][0]] == s:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def cartoonize(image: Any, checkpoint=None, strength: float = 1.0, size: Optional[int] = None,
+               device: str = "auto", precision: str = "fp32"):
+    """One-shot helper: load a model and cartoonize one image (see :class:`Cartoonizer`)."""
+    return Cartoonizer(checkpoint, device=device, precision=precision)(image, strength=strength, size=size)
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.n, self.t0 = total, enabled and total > 0, 0, time.perf_counter()
+
+    def update(self, label: str) -> None:
+        self.n += 1
+        if self.enabled:
+            rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
+            sys.stderr.write(f"\r[{self.n}/{self.total}] {rate:.2f} img/s {label[-40:]:<40}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def plan_outputs(found: Sequence[Tuple[Path, Path]], out_dir, ext: str = ".png",
+                 overwrite_inputs: bool = False) -> Tuple[List[Tuple[Path, Path]], List[Tuple[str, str]]]:
+    """Map inputs to output paths: unique names, and never an input unless ``overwrite_inputs``."""
+    inputs = {p.resolve() for p, _ in found}
+    used, plan, refused = set(), [], []
+    for path, rel in found:
+        out = Path(out_dir) / rel.with_suffix(ext)
+        n = 2
+        while out.resolve() in used:
+            out = Path(out_dir) / rel.with_name(f"{rel.stem}-{n}{ext}")
+            n += 1
+        if out.resolve() in inputs and not overwrite_inputs:
+            refused.append((str(path), f"refusing to overwrite the input {out} (pass overwrite_inputs)"))
+            continue
+        used.add(out.resolve())
+        plan.append((path, out))
+    return plan, refused
+
+
+def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: float = 1.0,
+                     size: Optional[int] = None, device: str = "auto", precision: str = "fp32",
+                     batch_size: int = 4, tile: Optional[int] = None, ext: str = ".png",
+                     overwrite_inputs: bool = False, progress: Optional[bool] = None,
+                     cartoonizer: Optional[Cartoonizer] = None) -> FilesReport:
+    """Cartoonize files, folders and globs into ``out_dir``.
+
+    A file that cannot be read or written is reported in ``FilesReport.failed`` and the batch
+    goes on. Outputs are written atomically; inputs are never overwritten unless asked.
+    """
+    t0 = time.perf_counter()
+    if not ext.startswith("."):
+        ext = "." + ext
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    found, failed = imio.expand_inputs(inputs)
+    plan, refused = plan_outputs(found, out_dir, ext, overwrite_inputs)
+    report = FilesReport(failed=failed + refused)
+    if not plan:
+        report.seconds = time.perf_counter() - t0
+        return report
+    cz = cartoonizer or Cartoonizer(checkpoint, device=device, precision=precision, tile=tile)
+    bar = _Progress(len(plan), sys.stderr.isatty() if progress is None else progress)
+    pending: List[Tuple[Path, Path, torch.Tensor, Optional[np.ndarray]]] = []
+
+    def flush():
+        if not pending:
+            return
+        try:
+            outs = cz._run_uint8(torch.cat([p[2] for p in pending]), strength)
+        except Exception as e:  # a whole batch failing (e.g. OOM) is reported per file
+            report.failed += [(str(p[0]), f"inference failed: {type(e).__name__}: {e}") for p in pending]
+            pending.clear()
+            return
+        for (src, dst, _, alpha), rgb in zip(pending, outs):
+            try:
+                imio.save_image(imio.compose(rgb, alpha), dst)
+                report.ok.append((str(src), str(dst)))
+            except (OSError, ValueError) as e:
+                report.failed.append((str(src), f"could not write {dst}: {e}"))
+            bar.update(src.name)
+        pending.clear()
+
+    for src, dst in plan:
+        try:
+            t, alpha, _ = cz._prepare(src, size)
+        except (imio.ImageReadError, ValueError) as e:
+            report.failed.append((str(src), str(e)))
+            bar.update(src.name)
+            continue
+        if pending and (pending[0][2].shape != t.shape or len(pending) >= batch_size):
+            flush()
+        pending.append((src, dst, t, alpha))
+    flush()
+    bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report

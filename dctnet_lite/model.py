@@ -1,0 +1,329 @@
+"""Two-branch DCT-Net UNet at any width.
+
+Topology for base width ``w`` (reference ``w=64``; the pruned target is ``w=48``)::
+
+    x (3, H, W) ──┬─ content encoder ─ c1 (w, H/2) c2 (2w, H/4) c3 (4w, H/8) c4 (8w, H/16)
+                  └─ texture encoder ─ t1 ...      t2 ...       t3 ...       t4 ...
+    fuse_i = c_i + (s * g_i) * (t_i - c_i),  g_i = sigmoid(conv1x1([c_i, t_i]))   s in [0, 1]
+    bottleneck(fuse_4) ─ up ─ [· , fuse_3] ─ up ─ [· , fuse_2] ─ up ─ [· , fuse_1] ─ up ─ [· , x] ─ tanh
+
+The style strength ``s`` scales the fusion gates only: every ``s`` runs the same convolutions.
+Each encoder is a 7x7 stride-2 stem followed by three stride-2 stages (two 3x3 convs each); the
+decoder upsamples bilinearly, convolves, concatenates the fused skip of each scale and, at full
+resolution, the input itself, so fine detail is reachable without a full-resolution encoder.
+
+Every convolution's channel count comes from one :class:`ArchConfig`, either derived from a base
+width or given as an explicit per-group channel table (what a non-uniform pruning produces), so
+a pruned network is still a plain :class:`DCTNet`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCH_VERSION = 1
+STRIDE = 16  # total downsampling of the encoders: inputs are padded to a multiple of this
+CHANNEL_MULTIPLE = 8
+NUM_RES_BLOCKS = 1
+BRANCHES = ("content", "texture")
+
+
+def channel_groups(num_res_blocks: int = NUM_RES_BLOCKS) -> tuple:
+    """Names of the independently sized channel groups, in a fixed order.
+
+    ``scale1..scale4`` are the encoder outputs per scale; content, texture, fusion gate and the
+    bottleneck's residual stream share them (they are added element-wise). ``<branch>.mid2..4``
+    are the first conv of each stride-2 stage, ``bottleneck.mid<i>`` the inner width of each
+    residual block, ``up<i>``/``merge<i>`` the decoder's upsampling and merging convs at 1/2**i.
+    """
+    names = [f"scale{i}" for i in range(1, 5)]
+    names += [f"{b}.mid{i}" for b in BRANCHES for i in range(2, 5)]
+    names += [f"bottleneck.mid{i}" for i in range(num_res_blocks)]
+    for i in (3, 2, 1, 0):
+        names += [f"up{i}", f"merge{i}"]
+    return tuple(names)
+
+
+def widths_from_base(w: int, num_res_blocks: int = NUM_RES_BLOCKS) -> Dict[str, int]:
+    """Channel table of the uniform network of base width ``w``."""
+    mult = {1: 1, 2: 2, 3: 4, 4: 8}
+    table = {f"scale{i}": w * m for i, m in mult.items()}
+    for b in BRANCHES:
+        for i in (2, 3, 4):
+            table[f"{b}.mid{i}"] = w * mult[i]
+    for i in range(num_res_blocks):
+        table[f"bottleneck.mid{i}"] = 8 * w
+    for i in (3, 2, 1):
+        table[f"up{i}"] = table[f"merge{i}"] = w * mult[i]
+    table["up0"] = table["merge0"] = w
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchConfig:
+    """Architecture of a :class:`DCTNet`: a base width or an explicit channel table.
+
+    ``ArchConfig(base_width=48)`` is the uniform width-48 network. A pruned network that is not
+    uniform carries ``channels`` (every group of :func:`channel_groups`) and ``base_width=None``.
+    """
+
+    base_width: Optional[int] = 64
+    channels: Optional[Mapping[str, int]] = None
+    num_res_blocks: int = NUM_RES_BLOCKS
+    version: int = ARCH_VERSION
+
+    def __post_init__(self):
+        if self.version != ARCH_VERSION:
+            raise ValueError(f"architecture version {self.version} is not supported "
+                             f"(this dctnet_lite builds version {ARCH_VERSION})")
+        if not isinstance(self.num_res_blocks, int) or self.num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks must be a non-negative integer, got {self.num_res_blocks!r}")
+        if self.channels is None:
+            if self.base_width is None:
+                raise ValueError("ArchConfig needs a base_width or an explicit channels table")
+            _check_width("base_width", self.base_width)
+            return
+        table = dict(self.channels)
+        expected = channel_groups(self.num_res_blocks)
+        missing = [k for k in expected if k not in table]
+        extra = [k for k in table if k not in expected]
+        if missing or extra:
+            raise ValueError(f"channel table does not match the architecture: missing {missing}, "
+                             f"unknown {extra}")
+        for k in expected:
+            _check_width(f"channels[{k!r}]", table[k])
+        if self.base_width is not None:
+            _check_width("base_width", self.base_width)
+        object.__setattr__(self, "channels", {k: int(table[k]) for k in expected})
+
+    @classmethod
+    def from_width(cls, width: int, num_res_blocks: int = NUM_RES_BLOCKS) -> "ArchConfig":
+        return cls(base_width=width, num_res_blocks=num_res_blocks)
+
+    @classmethod
+    def from_channels(cls, channels: Mapping[str, int],
+                      num_res_blocks: int = NUM_RES_BLOCKS) -> "ArchConfig":
+        """Explicit table; collapses to the uniform form when it equals one."""
+        table = dict(channels)
+        w = table.get("scale1")
+        if isinstance(w, int) and w > 0 and w % CHANNEL_MULTIPLE == 0 \
+                and widths_from_base(w, num_res_blocks) == table:
+            return cls(base_width=w, num_res_blocks=num_res_blocks)
+        return cls(base_width=None, channels=table, num_res_blocks=num_res_blocks)
+
+    @property
+    def widths(self) -> Dict[str, int]:
+        """The full channel table (derived from the base width when uniform)."""
+        if self.channels is not None:
+            return dict(self.channels)
+        return widths_from_base(self.base_width, self.num_res_blocks)
+
+    @property
+    def is_uniform(self) -> bool:
+        return self.channels is None
+
+    def describe(self) -> str:
+        """Short human name: ``width 48`` or ``non-uniform (scale1..4 = 40/88/176/344)``."""
+        if self.is_uniform:
+            return f"width {self.base_width}"
+        t = self.widths
+        return "non-uniform (scale1..4 = " + "/".join(str(t[f"scale{i}"]) for i in range(1, 5)) + ")"
+
+    def diff(self, other: "ArchConfig") -> str:
+        """Where two configs differ, in words (for mismatch errors)."""
+        if self.is_uniform and other.is_uniform and self.base_width != other.base_width:
+            return f"width {self.base_width} vs width {other.base_width}"
+        a, b = self.widths, other.widths
+        diffs = [f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if self.num_res_blocks != other.num_res_blocks:
+            diffs.insert(0, f"num_res_blocks: {self.num_res_blocks} vs {other.num_res_blocks}")
+        return ", ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "")
+
+    def to_dict(self) -> dict:
+        d = {"version": self.version, "num_res_blocks": self.num_res_blocks,
+             "base_width": self.base_width}
+        if self.channels is not None:
+            d["channels"] = dict(self.channels)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ArchConfig":
+        known = {"version", "num_res_blocks", "base_width", "channels"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown architecture fields {sorted(unknown)}")
+        return cls(base_width=d.get("base_width"), channels=d.get("channels"),
+                   num_res_blocks=d.get("num_res_blocks", NUM_RES_BLOCKS),
+                   version=d.get("version", ARCH_VERSION))
+
+
+def _check_width(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % CHANNEL_MULTIPLE:
+        raise ValueError(f"{name} must be a positive multiple of {CHANNEL_MULTIPLE}, got {value!r}")
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def act() -> nn.Module:
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
+class Encoder(nn.Module):
+    """7x7 stride-2 stem and three stride-2 stages; returns the features of the four scales."""
+
+    def __init__(self, widths: Mapping[str, int], branch: str):
+        super().__init__()
+        self.stem = nn.Sequential(conv(3, widths["scale1"], 7, stride=2), act())
+        stages = []
+        for i in (2, 3, 4):
+            mid = widths[f"{branch}.mid{i}"]
+            stages.append(nn.Sequential(conv(widths[f"scale{i - 1}"], mid, 3, stride=2), act(),
+                                        conv(mid, widths[f"scale{i}"]), act()))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list:
+        feats = [self.stem(x)]
+        for stage in self.stages:
+            feats.append(stage(feats[-1]))
+        return feats
+
+
+class AdaptiveFusion(nn.Module):
+    """``c + (s * g) * (t - c)`` with a learned per-pixel, per-channel gate ``g`` in (0, 1)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gate = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, c: torch.Tensor, t: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([c, t], dim=1)))
+        return c + (strength * g) * (t - c)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, mid: int):
+        super().__init__()
+        self.body = nn.Sequential(conv(channels, mid), act(), conv(mid, channels))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class UpBlock(nn.Module):
+    """Bilinear x2, conv, concatenate the skip, conv."""
+
+    def __init__(self, cin: int, cup: int, cskip: int, cout: int):
+        super().__init__()
+        self.up = nn.Sequential(conv(cin, cup), act())
+        self.merge = nn.Sequential(conv(cup + cskip, cout), act())
+
+    def forward(self, x, skip):
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.merge(torch.cat([self.up(x), skip], dim=1))
+
+
+class DCTNet(nn.Module):
+    """The two-branch DCT-Net UNet. Input and output are RGB in [-1, 1].
+
+    ``forward(x, strength)`` takes any spatial size: it reflect-pads to a multiple of
+    :data:`STRIDE` and crops back. ``strength`` is a float or a per-sample ``(B,)`` tensor in [0, 1].
+    """
+
+    def __init__(self, config: Union[ArchConfig, int, None] = None):
+        super().__init__()
+        if config is None:
+            config = ArchConfig()
+        elif isinstance(config, int):
+            config = ArchConfig.from_width(config)
+        self.config = config
+        w = config.widths
+        self.content = Encoder(w, "content")
+        self.texture = Encoder(w, "texture")
+        self.fusions = nn.ModuleList(AdaptiveFusion(w[f"scale{i}"]) for i in range(1, 5))
+        self.bottleneck = nn.Sequential(*[ResBlock(w["scale4"], w[f"bottleneck.mid{i}"])
+                                          for i in range(config.num_res_blocks)])
+        decoder, cin = [], w["scale4"]
+        for i in (3, 2, 1, 0):
+            cskip = w[f"scale{i}"] if i else 3
+            decoder.append(UpBlock(cin, w[f"up{i}"], cskip, w[f"merge{i}"]))
+            cin = w[f"merge{i}"]
+        self.decoder = nn.ModuleList(decoder)
+        self.head = conv(cin, 3)
+
+    def forward(self, x: torch.Tensor, strength: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"DCTNet expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, STRIDE)
+        s = _strength_tensor(strength, x)
+        fused = [f(c, t, s) for f, c, t in zip(self.fusions, self.content(x), self.texture(x))]
+        y = self.bottleneck(fused[3])
+        for block, skip in zip(self.decoder, (fused[2], fused[1], fused[0], x)):
+            y = block(y, skip)
+        return torch.tanh(self.head(y))[..., :h, :w]
+
+
+def _strength_tensor(strength, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(strength, (int, float)):
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    elif isinstance(strength, torch.Tensor) and strength.device.type == "cpu" \
+            and not torch.compiler.is_compiling() and not bool(((strength >= 0) & (strength <= 1)).all()):
+        raise ValueError(f"strength must lie in [0, 1], got {strength.tolist()}")
+    s = torch.as_tensor(strength, dtype=x.dtype, device=x.device)
+    if s.dim() == 0:
+        s = s.expand(x.shape[0])
+    if s.shape != (x.shape[0],):
+        raise ValueError(f"strength must be a scalar or a ({x.shape[0]},) tensor, got shape {tuple(s.shape)}")
+    return s.view(-1, 1, 1, 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad H and W at the bottom/right to a multiple: reflect where possible, else replicate."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry of model configurations (architectures, not weights: see dctnet_lite.checkpoint)
+# --------------------------------------------------------------------------------------------
+_MODELS: Dict[str, Callable[[], ArchConfig]] = {}
+
+
+def register_model(name: str, factory: Callable[[], ArchConfig]) -> None:
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = factory
+
+
+def list_models() -> Sequence[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name_or_width: Union[str, int, ArchConfig]) -> DCTNet:
+    """Build an untrained :class:`DCTNet` from a registered name (``dctnet_w48``), a width or a config."""
+    if isinstance(name_or_width, ArchConfig):
+        return DCTNet(name_or_width)
+    if isinstance(name_or_width, int):
+        return DCTNet(ArchConfig.from_width(name_or_width))
+    if name_or_width not in _MODELS:
+        raise KeyError(f"unknown model {name_or_width!r}; registered: {', '.join(list_models())}")
+    return DCTNet(_MODELS[name_or_width]())
+
+
+for _w in (16, 24, 32, 40, 48, 56, 64):
+    register_model(f"dctnet_w{_w}", lambda _w=_w: ArchConfig.from_width(_w))
