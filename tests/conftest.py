@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models, checkpoints and generated images (no ../shared needed)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def portrait_like(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic 'portrait': gradient background, an ellipse 'face', some noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / max(w, 1), yy / max(h, 1), 0.5 * np.ones_like(xx)], -1)
+    face = ((xx - w / 2) / (0.3 * w + 1)) ** 2 + ((yy - h / 2) / (0.4 * h + 1)) ** 2 < 1
+    img[face] = [0.9, 0.7, 0.6]
+    img += rng.normal(0, 0.03, img.shape)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def tiny_model():
+    from dctnet_lite import DCTNet
+
+    torch.manual_seed(0)
+    return DCTNet(8).eval()
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path, tiny_model):
+    from dctnet_lite import save_checkpoint
+
+    path = tmp_path / "tiny-w8.safetensors"
+    save_checkpoint(path, tiny_model, dtype="fp32", provenance={"recipe": "test"}, metrics={"lpips": 0.5})
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    Image.fromarray(portrait_like(40, 56, 1)).save(d / "a.png")
+    Image.fromarray(portrait_like(40, 56, 2)).save(d / "sub" / "b.jpg")
+    Image.fromarray(portrait_like(33, 21, 3)).save(d / "c.png")
+    return d
