@@ -36,18 +36,43 @@ def _add_cartoonize(sub) -> None:
     p.add_argument("--format", default="png", choices=["png", "jpg", "webp"], help="output format")
     p.add_argument("--overwrite-inputs", action="store_true", help="allow an output to replace an input")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--cache", nargs="?", const="disk", default=None, metavar="DIR",
+                   help="reuse the results of repeated requests from a result cache in DIR "
+                        "(default: results/ under $DCTNET_LITE_CACHE, else ~/.cache/dctnet_lite); "
+                        "off unless given. Write --cache=DIR, or put --cache after the inputs")
+    p.add_argument("--no-cache", dest="cache", action="store_const", const=None,
+                   help="no result cache (the default)")
+    d = p.add_argument_group("distributed prediction (Lightning Trainer.predict; used when "
+                             "--devices > 1, --num-nodes > 1 or --strategy is given)")
+    d.add_argument("--devices", type=int, default=None, help="processes / GPUs per node")
+    d.add_argument("--strategy", default=None, help="ddp (default for several devices), ddp_spawn, ...")
+    d.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
+    d.add_argument("--num-nodes", type=int, default=1, help="machines (with ddp)")
     p.set_defaults(func=_cmd_cartoonize)
 
 
 def _cmd_cartoonize(a) -> int:
-    from .inference import cartoonize_files
-
     if not 0.0 <= a.strength <= 1.0:
         raise CLIError(f"--strength must lie in [0, 1], got {a.strength}")
-    report = cartoonize_files(a.inputs, a.output, checkpoint=a.checkpoint, strength=a.strength,
-                              size=a.size, device=a.device, precision=a.precision,
-                              batch_size=a.batch_size, tile=a.tile, ext="." + a.format,
-                              overwrite_inputs=a.overwrite_inputs)
+    if (a.devices or 1) > 1 or a.num_nodes > 1 or a.strategy:
+        from .predict import predict_files
+
+        if a.cache:
+            raise CLIError("--cache works in single-process runs only, not with --devices/--strategy")
+        report = predict_files(a.inputs, a.output, a.checkpoint, devices=a.devices or 1,
+                               strategy=a.strategy or "auto", accelerator=a.accelerator,
+                               num_nodes=a.num_nodes, strength=a.strength, size=a.size,
+                               batch_size=a.batch_size, precision=a.precision, tile=a.tile,
+                               ext="." + a.format, overwrite_inputs=a.overwrite_inputs)
+        if report.global_rank != 0:  # every rank has the whole report; rank 0 prints it
+            return EXIT_FAILED if report.failed else EXIT_OK
+    else:
+        from .inference import cartoonize_files
+
+        report = cartoonize_files(a.inputs, a.output, checkpoint=a.checkpoint, strength=a.strength,
+                                  size=a.size, device=a.device, precision=a.precision,
+                                  batch_size=a.batch_size, tile=a.tile, ext="." + a.format,
+                                  overwrite_inputs=a.overwrite_inputs, cache=a.cache)
     if a.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -117,7 +142,168 @@ def _cmd_checkpoints(a) -> int:
     return EXIT_OK
 
 
-VERBS: List[Callable] = [_add_cartoonize, _add_info, _add_checkpoints]
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="quality-vs-latency report from a recipe (eval/*.yaml)",
+                       description="Evaluate checkpoints against a reference, benchmark them and write "
+                                   "report.json, report.md and pareto.png (see eval/README.md).")
+    p.add_argument("--recipe", default="eval/quality_vs_latency.yaml", help="YAML recipe")
+    p.add_argument("--name", default=None, help="report name (folder under the recipe's reports/)")
+    p.add_argument("--checkpoints", nargs="+", default=None, help="override the recipe's checkpoints")
+    p.add_argument("--images", default=None, help="override the recipe's photo folder")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N photos")
+    p.add_argument("--out", default=None, help="write the report to this folder instead")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(a) -> int:
+    from .report import make_report
+
+    if a.limit is not None and a.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {a.limit}")
+    out = make_report(a.recipe, a.out, name=a.name, checkpoints=a.checkpoints, images=a.images,
+                      limit=a.limit, progress=True)
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'}"
+          + (f", {out / 'pareto.png'}" if (out / "pareto.png").exists() else ""))
+    return EXIT_OK
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency, throughput, memory and cold start on this machine",
+                       description="Benchmark checkpoints or random-init widths (see eval/README.md).")
+    p.add_argument("--checkpoint", nargs="+", default=[], help="checkpoint names or paths")
+    p.add_argument("--width", nargs="+", type=int, default=[], help="base widths (random init)")
+    p.add_argument("--resolutions", nargs="+", type=int, default=[256, 512, 1024])
+    p.add_argument("--batch", nargs="+", type=int, default=[1])
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--backend", nargs="+", default=["eager"],
+                   choices=["eager", "channels_last", "compile", "cudagraphs"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-cold-start", action="store_true", help="skip the subprocess cold-start run")
+    p.add_argument("--output", default=None, help="also write the JSON here (for a report's extra_bench)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(a) -> int:
+    from .bench import bench, format_table
+    from .fileutil import atomic_write_bytes
+
+    targets = list(a.checkpoint) + list(a.width)
+    if not targets:
+        raise CLIError("give --checkpoint NAME/PATH ... and/or --width N ...")
+    result = bench(targets, resolutions=a.resolutions, batches=a.batch, precisions=a.precision,
+                   backends=a.backend, device=a.device, threads=a.threads, warmup=a.warmup,
+                   repeats=a.repeats, cold_start=not a.no_cold_start, progress=sys.stderr.isatty())
+    text = json.dumps(result, indent=2)
+    if a.output:
+        atomic_write_bytes(a.output, (text + "\n").encode())
+    print(text if a.json else format_table(result))
+    return EXIT_FAILED if any("error" in r for r in result["rows"]) else EXIT_OK
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="structured channel pruning to a smaller plain checkpoint",
+                       description="Prune a checkpoint's channels with torch-pruning to a plain, smaller "
+                                   "DCTNet (see prune/README.md). Flags override the --recipe YAML.")
+    p.add_argument("--recipe", default=None, help="YAML recipe (prune/*.yaml) with the same options")
+    p.add_argument("--checkpoint", default=None, help="parent checkpoint name or path (e.g. toon-w64)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--width", type=int, default=None, help="uniform target base width (multiple of 8)")
+    g.add_argument("--ratio", type=float, default=None, help="fraction of the channels to remove, in (0, 1)")
+    g.add_argument("--macs-budget", default=None,
+                   help="fraction of the parent's MACs (0.5 or 50%%) or GMACs at 512 px (20G); global")
+    p.add_argument("--criterion", default=None,
+                   help="channel importance: l1 (default), l2, taylor, lamp, fpgm or random")
+    p.add_argument("--calibration", default=None,
+                   help="folder of images: needed by taylor; when given, the output drift is measured")
+    p.add_argument("--calib-images", type=int, default=None, help="calibration images used (default 8)")
+    p.add_argument("--calib-size", type=int, default=None, help="calibration crop side in px (default 256)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    p.add_argument("--global", dest="global_pruning", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank all channel groups together (default: on for --macs-budget, off otherwise)")
+    p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this (8)")
+    p.add_argument("--drift", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure LPIPS/L1 drift on the calibration images (default: when given)")
+    p.add_argument("-o", "--output", default=None, help="checkpoint to write (.safetensors)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="stored precision")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(a) -> int:
+    from .prune import prune_main
+
+    result = prune_main(a.recipe, checkpoint=a.checkpoint, width=a.width, ratio=a.ratio,
+                        macs_budget=a.macs_budget, criterion=a.criterion, calibration=a.calibration,
+                        calib_images=a.calib_images, calib_size=a.calib_size, seed=a.seed,
+                        global_pruning=a.global_pruning, round_to=a.round_to, drift=a.drift,
+                        output=a.output, dtype=a.dtype)
+    r, m = result.report, result.metrics
+    if a.json:
+        print(json.dumps(r, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"pruned {r['parent_description']} -> {r['description']} "
+          f"(criterion {r['provenance']['criterion']}, {r['steps']} step(s), {r['seconds']:.1f} s)")
+    print(f"parameters : {m['params_before']:,} -> {m['params_after']:,} ({m['params_ratio']:.3f}x)")
+    print(f"GMACs @512 : {m['macs_512_before'] / 1e9:.2f} -> {m['macs_512_after'] / 1e9:.2f} "
+          f"({m['macs_ratio']:.3f}x); @1024: {m['macs_1024_before'] / 1e9:.2f} -> "
+          f"{m['macs_1024_after'] / 1e9:.2f}")
+    if "drift_l1" in m:
+        lp = m.get("drift_lpips_alex")
+        print(f"drift      : LPIPS(alex) {'n/a' if lp is None else f'{lp:.4f}'}, L1 {m['drift_l1']:.4f} "
+              f"on {m['drift_images']} image(s) at {m['drift_size']} px (s=1, before fine-tuning)")
+    print(f"wrote {r['output']}" if r.get("output") else "not saved (no -o/--output)")
+    return EXIT_OK
+
+
+def _add_export_modelscope(sub) -> None:
+    p = sub.add_parser("export-modelscope", help="write a ModelScope model folder for a checkpoint",
+                       description="Write configuration.json + model.safetensors so that modelscope's "
+                                   "pipeline('image-portrait-stylization', model=DIR) runs the checkpoint "
+                                   "after `import dctnet_lite.modelscope_pipeline` (docs/serving.md).")
+    p.add_argument("checkpoint", help="checkpoint name or path")
+    p.add_argument("dir", help="output folder")
+    p.add_argument("--remote-code", action="store_true",
+                   help='set "allow_remote": true: pipeline(..., trust_remote_code=True) then imports '
+                        "the registration itself")
+    p.set_defaults(func=_cmd_export_modelscope)
+
+
+def _cmd_export_modelscope(a) -> int:
+    from .modelscope_pipeline import export_modelscope
+
+    out = export_modelscope(a.checkpoint, a.dir, remote_code=a.remote_code)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="turn a Lightning training checkpoint into a shipped checkpoint")
+    p.add_argument("ckpt", help="Lightning .ckpt written by `dctnet-lite train`")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--no-ema", action="store_true", help="export the raw student instead of its EMA")
+    p.add_argument("--metrics", default=None, help="JSON file of extra metrics to store")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(a) -> int:
+    from pathlib import Path
+
+    from .train.export import export_checkpoint
+
+    metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
+    info = export_checkpoint(a.ckpt, a.output, dtype=a.dtype, use_ema=not a.no_ema, metrics=metrics)
+    print(f"wrote {info.path} ({info.arch.describe()}, {info.dtype}, "
+          f"{info.provenance.get('steps')} steps, weights: {info.provenance.get('weights')})")
+    return EXIT_OK
+
+
+VERBS: List[Callable] = [_add_cartoonize, _add_info, _add_checkpoints, _add_export, _add_eval, _add_bench, _add_prune,
+                         _add_export_modelscope]
 
 #: Verbs whose arguments go unparsed to another CLI (LightningCLI): verb -> (module, function, help).
 PASSTHROUGH: Dict[str, tuple] = {

@@ -1,0 +1,539 @@
+"""Latency, throughput, memory and cold start of the cartoonizer on this machine.
+
+``bench(targets)`` times :meth:`Cartoonizer.forward` (float RGB in [0, 1] already on the device
+-> output in [0, 1] on the device: normalisation, padding, network, tanh and clamp; no file IO,
+no host/device copy) on square ``r x r`` random inputs at strength 1 (every strength runs the
+same convolutions) for every (target, precision, backend, resolution, batch).
+
+What each row holds (``rows[i]``):
+
+- ``median_ms`` / ``p90_ms`` / ``mean_ms`` / ``min_ms``: latency of one *batch* over ``repeats``
+  timed calls after ``warmup`` untimed ones; ``first_call_ms`` is the first warm-up call
+  (includes ``torch.compile`` compilation and CUDA graph capture where they apply);
+- ``throughput_img_s``: ``batch / median``;
+- ``peak_mem_mb`` with ``peak_mem_method``: CUDA: ``torch.cuda.max_memory_allocated`` during the
+  warm-up and timed calls, minus what was allocated before (weights and input excluded).
+  CPU: peak resident set size (RSS) minus the RSS before the calls. On Linux the kernel's
+  high-water mark is reset first (``/proc/self/clear_refs`` = 5, then ``VmHWM``), so the figure
+  is this row's own peak (``rss-hwm``); where that is not possible a 1 ms RSS-sampling thread
+  gives it (``rss-sampled``, may miss short spikes). No tracemalloc (it cannot see torch's
+  allocations and slows everything down). Before each CPU row freed memory is handed back to
+  the OS (``gc.collect`` and glibc ``malloc_trim(0)``) so that rows do not hide in each other's
+  free lists; read the figure as the activations' working set, not a guarantee;
+- ``macs`` / ``gmacs``: :func:`dctnet_lite.profile.count_macs` for the whole batch;
+  ``tflops``: achieved ``2 * macs / median`` in TFLOP/s;
+- ``load_seconds``: :attr:`Cartoonizer.load_seconds` in this (warm) process (reading the
+  checkpoint file, or only moving/casting a random-init width's model).
+
+Timing: CUDA uses CUDA events around each call with a synchronize before reading them; CPU uses
+``time.perf_counter``. Backends: ``eager``, ``channels_last`` (NHWC memory format), ``compile``
+(``torch.compile`` default mode), and ``cudagraphs`` (CUDA only: the whole forward captured once
+in a CUDA graph and replayed on a static input). A row that fails (e.g. fp16 on a CPU without
+kernels, compile without a C++ compiler) carries ``error`` instead of figures; the run goes on.
+
+Cold start (``cold_start`` list, one entry per target): a fresh ``python -c`` subprocess imports
+dctnet_lite, loads the checkpoint with :class:`Cartoonizer`, cartoonizes one image *file* at
+``cold_start_size`` px and writes the PNG; it reports seconds since the parent's spawn (wall
+clock) at each step: ``python_start_s``, ``import_s``, ``load_s`` (``load_seconds``),
+``first_image_s`` (read + infer + write) and ``total_s`` (spawn to output written). Width targets
+(random init) are saved to a temporary checkpoint first.
+
+``anchor`` is a fixed block of figures *quoted* from the seed issue (ModelScope DCT-Net on a T4),
+never measured here: compare against it only with the same resolution and batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+BACKENDS = ("eager", "channels_last", "compile", "cudagraphs")
+PRECISIONS = ("fp32", "fp16", "bf16")
+SCHEMA = "dctnet-lite-bench/1"
+
+#: Quoted, not measured: the seed issue's figures for the original ModelScope DCT-Net.
+ANCHOR = {
+    "label": "QUOTED, NOT MEASURED",
+    "source": "seed issue: ModelScope DCT-Net (cv_unet_person-image-cartoon) pipeline on an NVIDIA T4",
+    "device": "NVIDIA T4",
+    "figures": [
+        {"what": "inference per image", "resolution": 1024, "batch": 1, "seconds": 3.8},
+        {"what": "model load", "resolution": 1024, "batch": 1, "seconds": 3.5},
+        {"what": "total per image (process start to output, approx.)", "resolution": 1024,
+         "batch": 1, "seconds": 8.0},
+        {"what": "inference per image", "resolution": 512, "batch": 1, "seconds": 3.2},
+        {"what": "throughput", "resolution": None, "batch": 16, "img_per_s": 0.22},
+    ],
+}
+
+#: Keys every successful row has (documented in eval/README.md; checked by the tests).
+ROW_KEYS = ("target", "arch", "width", "params", "device", "precision", "backend", "resolution",
+            "batch", "threads", "warmup", "repeats", "median_ms", "p90_ms", "mean_ms", "min_ms",
+            "first_call_ms", "throughput_img_s", "peak_mem_mb", "peak_mem_method", "macs", "gmacs",
+            "tflops", "load_seconds")
+COLD_KEYS = ("target", "resolution", "device", "python_start_s", "import_s", "load_s",
+             "first_image_s", "total_s", "load_seconds_in_process")
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine
+# ---------------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, timeout=5).stdout.strip() or platform.processor()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: Union[str, torch.device] = "cpu") -> dict:
+    """Platform, CPU model, cores, memory, torch/CUDA versions and GPU name (if any)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": _cpu_model(), "cpu_cores_logical": os.cpu_count(), "cpu_cores_usable": usable,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "device": str(device), "gpu": None,
+    }
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gb"] = round(pages * size / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        from . import __version__
+
+        info["dctnet_lite"] = __version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        idx = torch.device(device).index or 0 if torch.device(device).type == "cuda" else 0
+        props = torch.cuda.get_device_properties(idx)
+        info.update(gpu=torch.cuda.get_device_name(idx), gpu_memory_gb=round(props.total_memory / 1e9, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+def _proc_status_kb(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0); True when it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    hwm, rss = _proc_status_kb("VmHWM"), _proc_status_kb("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + 1024
+
+
+def _release_free_memory() -> None:
+    """Give memory freed by earlier rows back to the OS (glibc ``malloc_trim``), so that this
+    row's peak RSS shows its own working set instead of reusing the allocator's free lists."""
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class _RSSPeak:
+    """Peak RSS (bytes) above the RSS at start, for the CPU rows (see the module docstring)."""
+
+    def __init__(self):
+        self.method = "rss-hwm" if _proc_status_kb("VmHWM") is not None else "rss-sampled"
+        self._stop = threading.Event()
+        self._peak = 0
+        self._thread = None
+
+    @staticmethod
+    def _rss() -> int:
+        kb = _proc_status_kb("VmRSS")
+        if kb is not None:
+            return kb * 1024
+        try:
+            import resource  # ru_maxrss is a high-water mark; only a fallback for the fallback
+
+            r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return r if sys.platform == "darwin" else r * 1024
+        except ImportError:  # pragma: no cover (Windows)
+            return 0
+
+    def __enter__(self):
+        _release_free_memory()
+        if self.method == "rss-hwm" and not _reset_hwm():
+            self.method = "rss-sampled"
+        self.base = self._rss()
+        if self.method == "rss-sampled":
+            self._peak = self.base
+
+            def poll():
+                while not self._stop.wait(0.001):
+                    self._peak = max(self._peak, self._rss())
+
+            self._thread = threading.Thread(target=poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss())
+        else:
+            self._peak = (_proc_status_kb("VmHWM") or 0) * 1024
+        self.peak_delta = max(0, self._peak - self.base)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+def _is_width(target) -> bool:
+    return isinstance(target, int) and not isinstance(target, bool) or \
+        isinstance(target, str) and target.isdigit()
+
+
+def _target_model(target, seed: int = 0):
+    """(label, DCTNet on CPU fp32, checkpoint path or None) for a width or a checkpoint."""
+    from .checkpoint import load, resolve
+    from .model import ArchConfig, DCTNet
+
+    if _is_width(target):
+        torch.manual_seed(seed)
+        return f"w{int(target)} (random init)", DCTNet(ArchConfig.from_width(int(target))).eval(), None
+    path = resolve(target)
+    label = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else str(target)
+    return label, load(path, device="cpu"), path
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    pos = (len(v) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+# ---------------------------------------------------------------------------------------------
+# One row
+# ---------------------------------------------------------------------------------------------
+def _time_calls(fn, device: torch.device, n: int) -> List[float]:
+    """Seconds of each of ``n`` calls of ``fn``."""
+    times = []
+    if device.type == "cuda":
+        for _ in range(n):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1000.0)
+    else:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _make_callable(cz, x: torch.Tensor, backend: str, device: torch.device):
+    """A no-argument function running one forward of ``x`` (capturing a CUDA graph if asked)."""
+    if backend != "cudagraphs":
+        return lambda: cz.forward(x, 1.0)
+    # Static input and a device-resident strength: nothing may copy from the host while capturing.
+    static_x = x.clone()
+    strength = torch.ones(x.shape[0], device=device, dtype=cz.dtype)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            cz.forward(static_x, strength)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = cz.forward(static_x, strength)
+
+    def replay():
+        graph.replay()
+        return static_y
+
+    return replay
+
+
+def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: str = "fp32",
+              backend: str = "eager", device: Union[str, torch.device] = "cpu", warmup: int = 2,
+              repeats: int = 5, checkpoint: Optional[Union[str, os.PathLike]] = None) -> dict:
+    """Time one configuration.
+
+    ``model`` is a CPU fp32 :class:`DCTNet` (it is copied, never modified); with ``checkpoint``
+    the :class:`Cartoonizer` loads that file instead, so ``load_seconds`` includes reading it.
+    """
+    import copy
+
+    from .inference import Cartoonizer, resolve_device
+    from .profile import count_macs, count_params
+
+    dev = resolve_device(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if warmup < 1 or repeats < 1:
+        raise ValueError("warmup and repeats must be >= 1")
+    arch = model.config
+    row = {"target": label, "arch": arch.describe(), "width": arch.base_width,
+           "params": count_params(model), "device": str(dev), "precision": precision,
+           "backend": backend, "resolution": int(resolution), "batch": int(batch),
+           "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+           "warmup": warmup, "repeats": repeats}
+    if backend == "cudagraphs" and dev.type != "cuda":
+        return {**row, "error": "cudagraphs needs a CUDA device"}
+    cz = None
+    try:
+        source = str(checkpoint) if checkpoint is not None else copy.deepcopy(model)
+        cz = Cartoonizer(source, device=dev, precision=precision,
+                         channels_last=backend == "channels_last", compile=backend == "compile")
+        row["load_seconds"] = cz.load_seconds
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, resolution, resolution, generator=gen).to(dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            base_alloc = torch.cuda.memory_allocated(dev)
+            t0 = time.perf_counter()
+            fn = _make_callable(cz, x, backend, dev)
+            first = _time_calls(fn, dev, 1)[0]
+            if backend == "cudagraphs":  # graph capture + first replay, wall clock
+                first = time.perf_counter() - t0
+            _time_calls(fn, dev, warmup - 1)
+            times = _time_calls(fn, dev, repeats)
+            peak = torch.cuda.max_memory_allocated(dev) - base_alloc
+            method = "cuda-max-allocated"
+        else:
+            with _RSSPeak() as mem:
+                fn = _make_callable(cz, x, backend, dev)
+                first = _time_calls(fn, dev, 1)[0]
+                _time_calls(fn, dev, warmup - 1)
+                times = _time_calls(fn, dev, repeats)
+            peak, method = mem.peak_delta, mem.method
+    except Exception as e:  # one failing configuration must not end the benchmark
+        return {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    finally:
+        del cz
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    median = _percentile(times, 0.5)
+    macs = count_macs(arch, resolution, resolution, batch)
+    row.update(median_ms=median * 1e3, p90_ms=_percentile(times, 0.9) * 1e3,
+               mean_ms=sum(times) / len(times) * 1e3, min_ms=min(times) * 1e3,
+               first_call_ms=first * 1e3, throughput_img_s=batch / median,
+               peak_mem_mb=peak / 2 ** 20, peak_mem_method=method, macs=macs,
+               gmacs=macs / 1e9, tflops=2 * macs / median / 1e12)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Cold start
+# ---------------------------------------------------------------------------------------------
+_COLD_SCRIPT = r"""
+import json, sys, time
+t_spawn = float(sys.argv[1]); t_py = time.time()
+ckpt, image, size, device, out = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+import dctnet_lite
+from dctnet_lite.inference import Cartoonizer
+from dctnet_lite.images import save_image
+t_imp = time.time()
+cz = Cartoonizer(ckpt, device=device)
+t_load = time.time()
+save_image(cz(image, size=size), out)
+if cz.device.type == "cuda":
+    import torch; torch.cuda.synchronize()
+t_out = time.time()
+print("COLD_START_JSON " + json.dumps({
+    "python_start_s": t_py - t_spawn, "import_s": t_imp - t_py, "load_s": t_load - t_imp,
+    "load_seconds": cz.load_seconds, "first_image_s": t_out - t_load, "total_s": t_out - t_spawn}))
+"""
+
+
+def cold_start(checkpoint: Union[str, os.PathLike], resolution: int = 1024, device: str = "cpu",
+               threads: Optional[int] = None, timeout: float = 600.0) -> dict:
+    """Process start to first output of one image, in a fresh Python subprocess (see module doc)."""
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="dctnet-cold-") as tmp:
+        image = Path(tmp) / "photo.png"
+        rng = np.random.default_rng()  # a new image each run: never a result-cache hit
+        h, w = resolution, max(16, resolution * 3 // 4)  # portrait aspect, longer side = resolution
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(image)
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        t_spawn = time.time()
+        proc = subprocess.run([sys.executable, "-c", _COLD_SCRIPT, repr(t_spawn), str(checkpoint), str(image),
+                               str(resolution), str(device), str(Path(tmp) / "out.png")],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+        wall = time.time() - t_spawn
+    for line in proc.stdout.splitlines():
+        if line.startswith("COLD_START_JSON "):
+            res = json.loads(line[len("COLD_START_JSON "):])
+            res["process_wall_s"] = wall  # including interpreter shutdown
+            return res
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    raise RuntimeError(f"cold-start subprocess failed (exit {proc.returncode}): {' | '.join(tail)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256, 512, 1024),
+          batches: Sequence[int] = (1,), precisions: Sequence[str] = ("fp32",),
+          backends: Sequence[str] = ("eager",), device: str = "cpu", threads: Optional[int] = None,
+          warmup: int = 2, repeats: int = 5, cold_start: bool = True, *,
+          cold_start_size: Optional[int] = None, progress: bool = False) -> dict:
+    """Benchmark every (target, precision, backend, resolution, batch); see the module docstring.
+
+    ``targets``: checkpoint names/paths, or widths (ints or digit strings: random init).
+    ``threads``: ``torch.set_num_threads`` for the run (CPU), restored afterwards.
+    ``cold_start_size``: resolution of the cold-start image (default: the largest resolution).
+    Returns a JSON-serialisable dict with ``machine``, ``settings``, ``rows``, ``cold_start``
+    and the quoted ``anchor``.
+    """
+    from .inference import resolve_device
+
+    t_start = time.perf_counter()
+    if not targets:
+        raise ValueError("nothing to benchmark: give at least one checkpoint or width")
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    if any(int(r) < 16 for r in resolutions) or any(int(b) < 1 for b in batches):
+        raise ValueError("resolutions must be >= 16 px and batches >= 1")
+    dev = resolve_device(device)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    rows, colds = [], []
+    cold_size = int(cold_start_size or max(resolutions))
+    try:
+        for target in targets:
+            label, model, path = _target_model(target)
+            for precision in precisions:
+                for backend in backends:
+                    for res in resolutions:
+                        for b in batches:
+                            row = bench_row(model, label=label, resolution=int(res), batch=int(b),
+                                            precision=precision, backend=backend, device=dev,
+                                            warmup=warmup, repeats=repeats, checkpoint=path)
+                            row["checkpoint"] = str(path) if path else None
+                            rows.append(row)
+                            if progress:
+                                print(_row_line(row), file=sys.stderr, flush=True)
+            if cold_start:
+                colds.append(_cold_entry(target, label, model, path, cold_size, dev, threads))
+                if progress:
+                    c = colds[-1]
+                    print(f"[cold start] {label}: " + (c.get("error") or f"{c['total_s']:.2f} s total"),
+                          file=sys.stderr, flush=True)
+    finally:
+        torch.set_num_threads(old_threads)
+    machine = machine_info(dev)
+    machine["torch_threads"] = int(threads) if threads else old_threads
+    return {
+        "schema": SCHEMA, "measured": True, "machine": machine,
+        "settings": {"targets": [str(t) for t in targets], "resolutions": [int(r) for r in resolutions],
+                     "batches": [int(b) for b in batches], "precisions": list(precisions),
+                     "backends": list(backends), "device": str(dev), "threads": threads,
+                     "warmup": warmup, "repeats": repeats, "cold_start": bool(cold_start),
+                     "cold_start_size": cold_size if cold_start else None,
+                     "input": "square r x r random RGB in [0, 1] on the device, strength 1"},
+        "rows": rows, "cold_start": colds, "anchor": ANCHOR,
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+
+
+def _cold_entry(target, label, model, path, size, dev, threads) -> dict:
+    from .checkpoint import save_checkpoint
+    from .inference import Cartoonizer
+
+    entry = {"target": label, "resolution": size, "device": str(dev)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="dctnet-bench-") as tmp:
+            ckpt = path
+            if ckpt is None:
+                ckpt = Path(tmp) / f"w{int(target)}-random.safetensors"
+                save_checkpoint(ckpt, model, provenance={"note": "random init for benchmarking"})
+            entry.update(cold_start(ckpt, size, str(dev), threads))
+            entry["load_seconds_in_process"] = Cartoonizer(str(ckpt), device=dev).load_seconds
+    except Exception as e:  # reported, not fatal
+        entry["error"] = f"{type(e).__name__}: {e}"
+    return entry
+
+
+def _row_line(r: dict) -> str:
+    head = f"{r['target']:<24} {r['precision']:<5} {r['backend']:<14} {r['resolution']:>5}px b{r['batch']:<3}"
+    if "error" in r:
+        return f"{head} ERROR {r['error']}"
+    return (f"{head} median {r['median_ms']:9.1f} ms  p90 {r['p90_ms']:9.1f} ms  "
+            f"{r['throughput_img_s']:8.2f} img/s  {r['peak_mem_mb']:8.1f} MB  {r['tflops']:.3f} TFLOP/s")
+
+
+def format_table(result: dict) -> str:
+    """Plain-text table of a :func:`bench` result (for the CLI)."""
+    m = result["machine"]
+    lines = [f"machine: {m.get('cpu')} ({m.get('cpu_cores_usable')} usable cores), "
+             f"gpu: {m.get('gpu') or 'none'}, torch {m.get('torch')}, {m.get('torch_threads')} threads"]
+    lines += [_row_line(r) for r in result["rows"]]
+    for c in result.get("cold_start", []):
+        if "error" in c:
+            lines.append(f"cold start {c['target']}: ERROR {c['error']}")
+        else:
+            lines.append(f"cold start {c['target']} @ {c['resolution']}px: total {c['total_s']:.2f} s "
+                         f"(python {c['python_start_s']:.2f}, import {c['import_s']:.2f}, "
+                         f"load {c['load_s']:.2f}, first image {c['first_image_s']:.2f})")
+    lines.append(f"anchor ({ANCHOR['label']}): {ANCHOR['source']}")
+    return "\n".join(lines)

@@ -1,0 +1,593 @@
+"""Structured channel pruning of a :class:`~dctnet_lite.model.DCTNet` with torch-pruning.
+
+``prune(parent, width=48)`` removes whole channels from a trained network and returns a *plain*
+:class:`DCTNet` (no masks, no pickled modules) whose :class:`ArchConfig` is read off the pruned
+layers, so it saves and loads like any other checkpoint.
+
+How the channels are chosen
+---------------------------
+torch-pruning's ``DependencyGraph`` traces ``model(x, 1.0)`` and groups every coupled channel:
+content/texture encoder outputs of a scale, the fusion gate's output and both halves of its
+concatenated input, the bottleneck's residual stream and the decoder convs that read the
+concatenated skips all fall in one group (``scale1..4``); the stage ``mid`` convs, the
+bottleneck's inner width and each decoder ``up``/``merge`` conv are groups of their own -- the
+19 groups of :func:`dctnet_lite.model.channel_groups`. The output head is in ``ignored_layers``
+(its 3 output channels are never pruned) and the network input is not a prunable node, so the
+stems keep their 3 input channels and the full-resolution ``[up, x]`` concat keeps ``x``.
+
+Targets (exactly one):
+
+- ``width=48``: uniform; every group is scaled by ``width / parent_width`` (parent must be uniform).
+- ``ratio=0.25``: remove that fraction of every group (kept counts rounded *down* to
+  ``round_to``), or, with ``global_pruning=True``, of all channels ranked together.
+- ``macs_budget``: a fraction of the parent's MACs (``0.5``, ``"50%"``) or absolute GMACs at
+  512 px (``"20G"``, or any number >= 1). Global (non-uniform) by default: torch-pruning ranks all
+  groups' channels together and removes a little more each step until the MACs fit.
+
+Criteria: ``l1``/``l2`` (group weight magnitude), ``lamp`` and ``fpgm`` (torch-pruning's LAMP and
+geometric-median scores), ``taylor`` (first-order Taylor ``|w * dL/dw|``) and ``random`` (control).
+``taylor`` needs calibration images: no renderer target exists at pruning time, so the loss is a
+self-supervised reconstruction -- ``L1(model(x + n, s=1), parent(x, s=1))`` with Gaussian input
+noise ``n`` of std :data:`TAYLOR_NOISE` (in [-1, 1] units) -- whose gradient at the parent
+measures how much each weight carries the network's own output. The gradients are computed once
+on the unpruned network; torch-pruning slices ``.grad`` along with the weights, so iterative
+(MACs budget) steps keep using them.
+
+Everything is seeded: the same inputs give bit-identical pruned weights.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import CHANNEL_MULTIPLE, ArchConfig, DCTNet, channel_groups
+
+CRITERIA = ("l1", "l2", "taylor", "lamp", "fpgm", "random")
+NEEDS_CALIBRATION = frozenset({"taylor"})
+TAYLOR_NOISE = 0.05
+TRACE_SIZE = 32            # example input side for the dependency graph and the MACs proxy (>= 16)
+BUDGET_MAX_RATIO = 0.9     # schedule of the MACs-budget search: up to 90% of the channels ...
+BUDGET_STEPS = 90          # ... in 1% steps; it stops as soon as the budget is met
+MAX_GROUP_RATIO = 0.95     # torch-pruning's max_pruning_ratio per layer in the budget search
+TARGET_KEYS = ("width", "ratio", "macs_budget")
+RECIPE_KEYS = ("checkpoint", "width", "ratio", "macs_budget", "criterion", "calibration",
+               "calib_images", "calib_size", "seed", "global_pruning", "round_to", "drift",
+               "output", "dtype")
+_EPS = 1e-9  # keeps torch-pruning's int(n * (1 - ratio)) from truncating 47.9999 to 47
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """A pruned plain :class:`DCTNet`, its architecture and the report (provenance + metrics)."""
+
+    model: DCTNet
+    config: ArchConfig
+    report: dict
+
+    @property
+    def provenance(self) -> dict:
+        return self.report["provenance"]
+
+    @property
+    def metrics(self) -> dict:
+        return self.report["metrics"]
+
+    def save(self, path: PathLike, dtype: str = "fp32"):
+        """Write a checkpoint with the provenance and metrics in its metadata."""
+        from .checkpoint import save_checkpoint
+
+        info = save_checkpoint(path, self.model, dtype=dtype, provenance=self.provenance,
+                               metrics=self.metrics)
+        self.report["output"] = str(path)
+        return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture bookkeeping
+# ---------------------------------------------------------------------------------------------
+def channel_table(model: DCTNet) -> Dict[str, int]:
+    """Channel count of every group, read off the (possibly pruned) layers of ``model``."""
+    t = {"scale1": model.content.stem[0].out_channels}
+    for i in (2, 3, 4):
+        t[f"scale{i}"] = model.content.stages[i - 2][2].out_channels
+    for b in ("content", "texture"):
+        enc = getattr(model, b)
+        for i in (2, 3, 4):
+            t[f"{b}.mid{i}"] = enc.stages[i - 2][0].out_channels
+    for j, block in enumerate(model.bottleneck):
+        t[f"bottleneck.mid{j}"] = block.body[0].out_channels
+    for k, i in enumerate((3, 2, 1, 0)):
+        t[f"up{i}"] = model.decoder[k].up[0].out_channels
+        t[f"merge{i}"] = model.decoder[k].merge[0].out_channels
+    return {k: int(t[k]) for k in channel_groups(len(model.bottleneck))}
+
+
+def config_of(model: DCTNet) -> ArchConfig:
+    """The :class:`ArchConfig` of the layers as they are (collapses to a width when uniform)."""
+    return ArchConfig.from_channels(channel_table(model), num_res_blocks=len(model.bottleneck))
+
+
+def conv_macs(model: nn.Module, size: int = TRACE_SIZE) -> int:
+    """MACs of the convolutions of one forward at ``size`` px, by forward hooks (fast).
+
+    Proportional to :func:`dctnet_lite.profile.count_macs` (which costs ~0.4 s a call) for sides
+    that are multiples of 16; used as the stopping test of the MACs-budget search.
+    """
+    total = [0]
+
+    def hook(m, inp, out):
+        total[0] += out.numel() // out.shape[0] * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+    p = next(model.parameters())
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device), 1.0)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+_MACS_CACHE: Dict[Tuple[str, int], int] = {}
+
+
+def _count_macs(config: ArchConfig, size: int) -> int:
+    """:func:`dctnet_lite.profile.count_macs` (square, batch 1), memoised per architecture."""
+    from .profile import count_macs
+
+    key = (config.to_json(), size)
+    if key not in _MACS_CACHE:
+        _MACS_CACHE[key] = count_macs(config, size)
+    return _MACS_CACHE[key]
+
+
+def _floor_to(n: float, multiple: int) -> int:
+    return int(n + _EPS) // multiple * multiple
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration images and output drift
+# ---------------------------------------------------------------------------------------------
+def load_calibration(folder: Optional[PathLike], count: int = 8, size: int = 256,
+                     seed: int = 0, why: str = "") -> Tuple[torch.Tensor, List[Path]]:
+    """Up to ``count`` images of ``folder`` (a seeded sample when there are more), resized so the
+    short side is ``size`` and centre-cropped square -> ``(N, 3, size, size)`` in [-1, 1]."""
+    from PIL import Image
+
+    from .images import list_images, read_image
+
+    need = f" ({why})" if why else ""
+    if folder is None:
+        raise ValueError(f"a calibration folder is required{need}: pass calibration=DIR / --calibration DIR")
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"calibration folder {root} does not exist{need}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"calib_images must be a positive integer, got {count!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise ValueError(f"calib_size must be an integer >= 16, got {size!r}")
+    files = list_images(root)
+    if not files:
+        raise ValueError(f"calibration folder {root} holds no images{need}")
+    if len(files) > count:
+        files = sorted(random.Random(seed).sample(files, count))
+    batch = []
+    for f in files:
+        rgb, _ = read_image(f)
+        img = Image.fromarray(rgb, "RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+        batch.append(arr / 127.5 - 1.0)
+    return torch.stack(batch), files
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, images: torch.Tensor, batch: int = 2) -> torch.Tensor:
+    return torch.cat([model(images[i:i + batch], 1.0) for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def output_drift(pruned_out: torch.Tensor, parent_out: torch.Tensor) -> dict:
+    """LPIPS(alex) and L1 between two batches of outputs in [-1, 1] (both measured in [0, 1])."""
+    a = ((pruned_out.float() + 1) / 2).clamp(0, 1)
+    b = ((parent_out.float() + 1) / 2).clamp(0, 1)
+    l1 = (a - b).abs().flatten(1).mean(1)
+    out = {"drift_l1": float(l1.mean()), "drift_l1_max": float(l1.max())}
+    try:
+        from .lpips_offline import lpips_distance
+
+        d = torch.cat([lpips_distance(a[i:i + 4], b[i:i + 4], net="alex") for i in range(0, len(a), 4)])
+        out.update(drift_lpips_alex=float(d.mean()), drift_lpips_alex_max=float(d.max()))
+    except Exception as e:  # weights unavailable offline: keep L1, say why LPIPS is missing
+        warnings.warn(f"LPIPS drift not measured: {type(e).__name__}: {e}", stacklevel=2)
+        out.update(drift_lpips_alex=None, drift_lpips_error=f"{type(e).__name__}: {e}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+def parse_macs_budget(value: Union[float, int, str], parent_macs_512: int) -> Tuple[float, int]:
+    """A MACs budget -> (fraction of the parent, absolute MACs at 512 px).
+
+    Numbers in (0, 1) and ``"NN%"`` are fractions of the parent's MACs; numbers >= 1 and strings
+    ending in ``G``/``GMACs`` are absolute GMACs at 512 px (``"0.5"`` reads as the number 0.5).
+    """
+    parent_g = parent_macs_512 / 1e9
+    hint = "use a fraction of the parent's MACs (0.5 or '50%') or GMACs at 512 px ('20G')"
+    frac = absolute = num = None
+    if isinstance(value, str):
+        s = value.strip().lower().replace(" ", "")
+        try:
+            if s.endswith("%"):
+                frac = float(s[:-1]) / 100.0
+            elif s.endswith("gmacs"):
+                absolute = float(s[:-5]) * 1e9
+            elif s.endswith("g"):
+                absolute = float(s[:-1]) * 1e9
+            else:
+                num = float(s)
+        except ValueError:
+            raise ValueError(f"cannot read macs_budget {value!r}: {hint}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        num = float(value)
+    else:
+        raise ValueError(f"macs_budget must be a number or a string, got {value!r}: {hint}")
+    if num is not None:
+        if num < 1:
+            frac = num
+        else:
+            absolute = num * 1e9
+    if frac is not None:
+        if not 0.0 < frac < 1.0:
+            raise ValueError(f"macs_budget {value!r} must lie strictly between 0 and 1 of the parent's "
+                             f"MACs ({parent_g:.3f} GMACs at 512 px)")
+        return frac, int(frac * parent_macs_512)
+    if not 0.0 < absolute < parent_macs_512:
+        raise ValueError(f"macs_budget {value!r} = {absolute / 1e9:.3f} GMACs at 512 px must lie in "
+                         f"(0, {parent_g:.3f}) GMACs, the parent's MACs at 512 px")
+    return absolute / parent_macs_512, int(absolute)
+
+
+def _check_int(name: str, value, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _importance(criterion: str):
+    import torch_pruning as tp
+
+    imp = tp.importance
+    return {
+        "l1": lambda: imp.MagnitudeImportance(p=1),
+        "l2": lambda: imp.MagnitudeImportance(p=2),
+        "taylor": lambda: imp.TaylorImportance(),
+        "lamp": lambda: imp.LAMPImportance(p=2),
+        "fpgm": lambda: imp.FPGMImportance(p=2),
+        "random": lambda: imp.RandomImportance(),
+    }[criterion]()
+
+
+def _resolve_parent(model_or_checkpoint) -> Tuple[DCTNet, dict]:
+    """-> (fp32 parent in eval mode, provenance fields about it)."""
+    from .checkpoint import load, resolve
+
+    if isinstance(model_or_checkpoint, DCTNet):
+        parent = model_or_checkpoint
+        info = getattr(parent, "checkpoint_info", None)
+        prov = {"parent_checkpoint": None, "parent_sha256": None}
+        if info is not None:
+            prov = {"parent_checkpoint": str(info.path), "parent_payload_sha256": info.sha256,
+                    "parent_sha256": _file_sha256(info.path) if Path(info.path).is_file() else None}
+        # a private fp32 CPU copy in eval mode: the caller's model (dtype, device, mode) is left alone
+        return copy.deepcopy(parent).to("cpu", torch.float32).eval(), prov
+    if isinstance(model_or_checkpoint, nn.Module):
+        raise TypeError(f"prune() expects a DCTNet or a checkpoint, got {type(model_or_checkpoint).__name__}")
+    path = resolve(model_or_checkpoint)
+    parent = load(path, device="cpu", dtype=torch.float32)
+    return parent.eval(), {"parent_checkpoint": str(path), "parent_sha256": _file_sha256(path),
+                           "parent_payload_sha256": parent.checkpoint_info.sha256}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning
+# ---------------------------------------------------------------------------------------------
+def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] = None,
+          ratio: Optional[float] = None, macs_budget: Union[float, str, None] = None,
+          criterion: str = "l1", calibration: Optional[PathLike] = None, calib_images: int = 8,
+          calib_size: int = 256, seed: int = 0, global_pruning: Optional[bool] = None,
+          round_to: int = CHANNEL_MULTIPLE, drift: Optional[bool] = None) -> PruneResult:
+    """Prune a DCTNet (a model or a checkpoint name/path) to a plain, smaller DCTNet.
+
+    Give exactly one target: ``width`` (uniform), ``ratio`` (per group, or over all channels with
+    ``global_pruning=True``) or ``macs_budget`` (global by default; see :func:`parse_macs_budget`).
+    ``calibration`` is a folder of images: required by ``criterion="taylor"``; when given, the
+    drift (LPIPS alex and L1 between the pruned and the parent outputs at s=1, before any
+    fine-tuning) is measured on ``calib_images`` of them at ``calib_size`` px. ``drift=True``
+    insists on measuring it, ``drift=False`` skips it. The parent is not modified.
+    """
+    import torch_pruning as tp
+
+    from .profile import count_params
+
+    t0 = time.perf_counter()
+    # ---- arguments that need no model
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    given = [k for k, v in (("width", width), ("ratio", ratio), ("macs_budget", macs_budget)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one pruning target (width, ratio or macs_budget), got "
+                         f"{', '.join(given) if given else 'none'}")
+    _check_int("seed", seed, low=0)
+    _check_int("round_to", round_to)
+    if round_to % CHANNEL_MULTIPLE:
+        raise ValueError(f"round_to must be a multiple of {CHANNEL_MULTIPLE} (every channel group of "
+                         f"an ArchConfig is), got {round_to}")
+    if global_pruning is not None and not isinstance(global_pruning, bool):
+        raise ValueError(f"global_pruning must be true, false or unset, got {global_pruning!r}")
+    if drift is not None and not isinstance(drift, bool):
+        raise ValueError(f"drift must be true, false or unset, got {drift!r}")
+    if calibration is None and (criterion in NEEDS_CALIBRATION or drift):
+        why = f"criterion {criterion!r} computes gradients on it" if criterion in NEEDS_CALIBRATION \
+            else "drift=True measures the output drift on it"
+        raise ValueError(f"a calibration folder of images is required: {why}")
+
+    parent, parent_prov = _resolve_parent(model_or_checkpoint)
+    before = channel_table(parent)
+    parent_config = config_of(parent)
+    parent_macs_512 = _count_macs(parent_config, 512)
+
+    # ---- the target, validated against the parent
+    expected = None  # exact channel table for the single-step (per group) targets
+    target: Dict[str, Any]
+    if width is not None:
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0 or width % CHANNEL_MULTIPLE:
+            raise ValueError(f"width must be a positive multiple of {CHANNEL_MULTIPLE}, got {width!r}")
+        if not parent_config.is_uniform:
+            raise ValueError(f"a width target needs a uniform parent; this one is "
+                             f"{parent_config.describe()}: use ratio or macs_budget")
+        pw = parent_config.base_width
+        if width >= pw:
+            raise ValueError(f"width {width} must be smaller than the parent's width {pw}")
+        if width % round_to:
+            raise ValueError(f"width {width} is not a multiple of round_to={round_to}")
+        if global_pruning:
+            raise ValueError("a width target is uniform: global_pruning=True does not apply "
+                             "(use ratio or macs_budget for a non-uniform result)")
+        global_pruning = False
+        step_ratio = (pw - width) / pw - _EPS
+        expected = ArchConfig.from_width(width, parent_config.num_res_blocks).widths
+        target = {"width": width, "parent_width": pw}
+    elif ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+            raise ValueError(f"ratio must lie strictly between 0 and 1, got {ratio!r}")
+        global_pruning = bool(global_pruning)
+        step_ratio = float(ratio) - _EPS
+        if not global_pruning:
+            expected = {k: _floor_to(v * (1 - ratio), round_to) for k, v in before.items()}
+            empty = {k: before[k] for k, v in expected.items() if v < round_to}
+            if empty:
+                raise ValueError(f"ratio {ratio} would leave fewer than {round_to} channels in "
+                                 f"{', '.join(f'{k} ({v} -> {v * (1 - ratio):.1f})' for k, v in empty.items())}")
+            if expected == before:
+                raise ValueError(f"ratio {ratio} removes no channel once counts are rounded to "
+                                 f"multiples of {round_to}")
+        target = {"ratio": float(ratio)}
+    else:
+        frac, budget_macs = parse_macs_budget(macs_budget, parent_macs_512)
+        floor_cfg = ArchConfig.from_channels({k: round_to for k in before}, parent_config.num_res_blocks)
+        floor_macs = _count_macs(floor_cfg, 512)
+        if budget_macs < floor_macs:
+            raise ValueError(f"macs_budget {macs_budget!r} = {budget_macs / 1e9:.3f} GMACs at 512 px is "
+                             f"below the smallest reachable network ({floor_macs / 1e9:.3f} GMACs, every "
+                             f"group at {round_to} channels; parent {parent_macs_512 / 1e9:.3f})")
+        global_pruning = True if global_pruning is None else global_pruning
+        step_ratio = None
+        target = {"macs_budget": macs_budget if isinstance(macs_budget, str) else float(macs_budget),
+                  "macs_budget_fraction": frac, "macs_budget_512": budget_macs}
+
+    # ---- calibration images (Taylor gradients, drift)
+    want_drift = calibration is not None if drift is None else drift
+    images, files = None, []
+    if calibration is not None and (want_drift or criterion in NEEDS_CALIBRATION):
+        why = "Taylor importance" if criterion in NEEDS_CALIBRATION else "output drift"
+        images, files = load_calibration(calibration, calib_images, calib_size, seed, why=why)
+    parent_out = _outputs(parent, images) if images is not None else None
+
+    # ---- torch-pruning
+    work = copy.deepcopy(parent).requires_grad_(True)
+    work.zero_grad(set_to_none=True)
+    example = torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE)
+    Pruner = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner
+    steps_done = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        importance = _importance(criterion)
+        common = dict(importance=importance, global_pruning=global_pruning,
+                      ignored_layers=[work.head], round_to=round_to)
+        if step_ratio is not None:
+            pruner = Pruner(work, (example, 1.0), pruning_ratio=step_ratio, iterative_steps=1, **common)
+        else:
+            pruner = Pruner(work, (example, 1.0), pruning_ratio=BUDGET_MAX_RATIO,
+                            iterative_steps=BUDGET_STEPS, max_pruning_ratio=MAX_GROUP_RATIO, **common)
+        if criterion == "taylor":
+            _taylor_gradients(work, images, parent_out, seed)
+        if step_ratio is not None:
+            pruner.step()
+            steps_done = 1
+        else:
+            ref = conv_macs(parent)
+            frac_now = 1.0
+            for _ in range(BUDGET_STEPS):
+                pruner.step()
+                steps_done += 1
+                frac_now = conv_macs(work) / ref
+                if frac_now <= target["macs_budget_fraction"]:
+                    break
+            else:
+                raise ValueError(f"macs_budget {macs_budget!r} not reached: after {steps_done} "
+                                 f"steps the network keeps {frac_now:.3f} of the parent's MACs")
+    work.zero_grad(set_to_none=True)
+    work.eval()
+
+    # ---- back to a plain DCTNet
+    after = channel_table(work)
+    if expected is not None and after != expected:
+        diffs = ", ".join(f"{k}: {after[k]} (expected {expected[k]})" for k in after if after[k] != expected[k])
+        raise RuntimeError(f"torch-pruning did not produce the requested channel counts: {diffs}")
+    if after["merge0"] <= 0 or work.head.out_channels != 3:
+        raise RuntimeError(f"pruning broke the output head: {work.head}")
+    config = ArchConfig.from_channels(after, num_res_blocks=parent_config.num_res_blocks)
+    model = DCTNet(config)
+    model.load_state_dict({k: v.detach().clone() for k, v in work.state_dict().items()}, strict=True)
+    model.eval().requires_grad_(True)
+    check_x = images[:2] if images is not None else \
+        torch.linspace(-1, 1, 2 * 3 * TRACE_SIZE * TRACE_SIZE).reshape(2, 3, TRACE_SIZE, TRACE_SIZE)
+    with torch.no_grad():
+        diff = float((model(check_x, 1.0) - work(check_x, 1.0)).abs().max())
+    if diff > 1e-6:
+        raise RuntimeError(f"the rebuilt {config.describe()} DCTNet differs from the pruned module "
+                           f"(max |diff| {diff:.3g})")
+
+    # ---- report
+    metrics = {
+        "params_before": count_params(parent), "params_after": count_params(model),
+        "macs_512_before": parent_macs_512, "macs_512_after": _count_macs(config, 512),
+        "macs_1024_before": _count_macs(parent_config, 1024), "macs_1024_after": _count_macs(config, 1024),
+    }
+    metrics["params_ratio"] = round(metrics["params_after"] / metrics["params_before"], 4)
+    metrics["macs_ratio"] = round(metrics["macs_512_after"] / metrics["macs_512_before"], 4)
+    if want_drift and images is not None:
+        metrics.update(output_drift(_outputs(model, images), parent_out))
+        metrics.update(drift_images=len(files), drift_size=calib_size, drift_strength=1.0)
+    provenance = {
+        "stage": "prune",
+        **parent_prov,
+        "parent_arch": parent_config.to_dict(),
+        "criterion": criterion,
+        "target": target,
+        "global_pruning": global_pruning,
+        "round_to": round_to,
+        "seed": seed,
+        "calibration": str(Path(calibration).expanduser()) if calibration is not None else None,
+        "calibration_count": len(files),
+        "calib_size": calib_size if files else None,
+        "torch_pruning": getattr(tp, "__version__", "unknown"),
+        "torch": torch.__version__,
+    }
+    if criterion == "taylor":
+        provenance["taylor_loss"] = (f"L1(model(x + N(0, {TAYLOR_NOISE}^2), s=1), parent(x, s=1)), "
+                                     f"gradients once on the parent")
+    from . import __version__
+
+    provenance["dctnet_lite"] = __version__
+    report = {
+        "provenance": provenance,
+        "metrics": metrics,
+        "arch": config.to_dict(),
+        "description": config.describe(),
+        "parent_description": parent_config.describe(),
+        "channels_before": before,
+        "channels_after": after,
+        "steps": steps_done,
+        "rebuild_max_abs_diff": diff,
+        "calibration_files": [str(f) for f in files],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return PruneResult(model=model, config=config, report=report)
+
+
+def _taylor_gradients(model: DCTNet, images: torch.Tensor, parent_out: torch.Tensor, seed: int,
+                      batch: int = 2) -> None:
+    """Fill ``.grad`` with d/dw of ``mean L1(model(x + noise, 1), parent(x, 1))`` over the images."""
+    gen = torch.Generator().manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    n = len(images)
+    with torch.enable_grad():
+        for i in range(0, n, batch):
+            x, y = images[i:i + batch], parent_out[i:i + batch]
+            noisy = (x + TAYLOR_NOISE * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+            loss = (model(noisy, 1.0) - y).abs().mean() * (len(x) / n)
+            loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    if missing:
+        raise RuntimeError(f"Taylor importance: no gradient reached {missing[:3]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes (YAML) and the CLI entry point
+# ---------------------------------------------------------------------------------------------
+def read_recipe(path: PathLike) -> dict:
+    """A pruning recipe: a YAML mapping of :data:`RECIPE_KEYS`."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"recipe {p} not found")
+    with open(p) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {p} must be a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def prune_main(recipe_or_kwargs: Union[PathLike, Mapping, None] = None, **overrides) -> PruneResult:
+    """Run a recipe (YAML path or mapping) with ``overrides`` on top; save if it names an output.
+
+    Keys: :data:`RECIPE_KEYS` (``checkpoint`` is the parent, ``output`` the file to write,
+    ``dtype`` its precision). An override that sets a target (width, ratio, macs_budget) replaces
+    the recipe's target; ``None`` overrides are ignored. Relative paths are relative to the
+    current directory.
+    """
+    if recipe_or_kwargs is None:
+        opts: Dict[str, Any] = {}
+    elif isinstance(recipe_or_kwargs, Mapping):
+        opts = dict(recipe_or_kwargs)
+    else:
+        opts = read_recipe(recipe_or_kwargs)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if any(k in overrides for k in TARGET_KEYS):
+        for k in TARGET_KEYS:
+            opts.pop(k, None)
+    opts.update(overrides)
+    unknown = sorted(set(opts) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown pruning option(s) {unknown}; known: {', '.join(RECIPE_KEYS)}")
+    checkpoint = opts.pop("checkpoint", None)
+    if checkpoint is None:
+        raise ValueError("no parent checkpoint: give checkpoint (recipe) or --checkpoint")
+    output = opts.pop("output", None)
+    dtype = opts.pop("dtype", "fp32")
+    result = prune(checkpoint, **opts)
+    if output is not None:
+        result.save(output, dtype=dtype)
+    return result

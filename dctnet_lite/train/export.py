@@ -1,0 +1,84 @@
+"""Lightning ``.ckpt`` -> dctnet_lite safetensors checkpoint, with provenance."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import __version__
+from ..checkpoint import CheckpointError, CheckpointInfo, read_info, save_checkpoint
+from ..model import ArchConfig, DCTNet
+
+CKPT_KEY = "dctnet_lite"  # our entry in a Lightning checkpoint (written by CartoonModule)
+
+
+def machine_info() -> dict:
+    """Where this process runs: platform, CPU model and count, GPU name, library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+    }
+
+
+def _parent(path: Optional[str]) -> Optional[dict]:
+    if not path:
+        return None
+    try:
+        info = read_info(path)
+        return {"path": str(path), "name": info.name, "sha256": info.sha256, "arch": info.arch.describe()}
+    except (CheckpointError, OSError):
+        return {"path": str(path)}
+
+
+def export_checkpoint(ckpt_path: str, out_path: str, dtype: str = "fp16", use_ema: bool = True,
+                      metrics: Optional[dict] = None, extra_provenance: Optional[dict] = None) -> CheckpointInfo:
+    """Write the (EMA) student of a training checkpoint as a dctnet_lite checkpoint.
+
+    The ``.ckpt`` is read with ``torch.load(weights_only=True)`` (nothing arbitrary is unpickled).
+    Provenance: recipe (the full CLI config), data (folder, file counts and names), steps, parent
+    checkpoint, wall time, machine(s), source checkpoint. Metrics: the last validation of the
+    exported weights (``val/...``, ``val_step``) updated with ``metrics``.
+    """
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    info = ckpt.get(CKPT_KEY)
+    if not isinstance(info, dict) or "arch" not in info:
+        raise CheckpointError(f"{ckpt_path} was not written by dctnet_lite.train (no {CKPT_KEY!r} entry)")
+    weights = "ema" if use_ema and info.get("ema") else "student"
+    prefix = weights + "."
+    state = {k[len(prefix):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    model = DCTNet(ArchConfig.from_dict(info["arch"]))
+    model.load_state_dict(state, strict=True)
+    val = dict(info.get("val_metrics") or {})
+    if use_ema != bool(info.get("ema")):
+        val = {}  # validation scored the EMA weights (or the student when there is no EMA)
+    provenance = {
+        "recipe": info.get("recipe"),
+        "data": info.get("data"),
+        "steps": int(ckpt.get("global_step", 0)),
+        "epochs": int(ckpt.get("epoch", 0)),
+        "parent_checkpoint": _parent(info.get("init_checkpoint")),
+        "wall_time_s": round(float(info.get("train_seconds", 0.0)), 1),
+        "machine": info.get("machines"),
+        "weights": weights,
+        "source_checkpoint": os.path.abspath(ckpt_path),
+        "lightning_version": ckpt.get("pytorch-lightning_version"),
+        "exported": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "dctnet_lite": __version__, "dtype": dtype},
+        **(extra_provenance or {}),
+    }
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(out_path, model, dtype=dtype, provenance=provenance, metrics={**val, **(metrics or {})})

@@ -1,0 +1,380 @@
+"""eval/: metrics, intervals, benchmark JSON, report generation and the Pareto helper (CPU, small)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import portrait_like
+
+
+def _lpips_available() -> bool:
+    try:
+        from dctnet_lite.lpips_offline import LPIPSWeightsUnavailable, load_lpips_weights
+    except ImportError:
+        return False
+    try:
+        load_lpips_weights("alex")
+        load_lpips_weights("vgg")
+    except LPIPSWeightsUnavailable:
+        return False
+    return True
+
+
+LPIPS_OK = _lpips_available()
+needs_lpips = pytest.mark.skipif(not LPIPS_OK, reason="exact LPIPS weights unavailable (LPIPSWeightsUnavailable)")
+CHEAP_METRICS = ("psnr", "ssim")
+ALL_METRICS = ("lpips_alex", "lpips_vgg", "psnr", "ssim") if LPIPS_OK else CHEAP_METRICS
+
+
+# ------------------------------------------------------------------------------ metrics
+def _photo(h=48, w=40, seed=0):
+    return torch.from_numpy(portrait_like(h, w, seed)).permute(2, 0, 1)[None].float() / 255
+
+
+def test_identical_images_score_perfectly():
+    from dctnet_lite.evaluate import PSNR_CAP_DB, compute_metrics
+
+    x = torch.cat([_photo(seed=1), _photo(seed=2)])
+    vals = compute_metrics(x, x.clone(), ALL_METRICS)
+    assert vals["psnr"] == [PSNR_CAP_DB, PSNR_CAP_DB]  # +inf is capped (JSON has no inf)
+    assert vals["ssim"] == pytest.approx([1.0, 1.0], abs=1e-6)
+    for m in ("lpips_alex", "lpips_vgg"):
+        if m in vals:
+            assert vals[m] == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+@needs_lpips
+def test_lpips_orders_degradations():
+    from dctnet_lite.evaluate import lpips
+
+    x = _photo(64, 64, 3)
+    g = torch.Generator().manual_seed(0)
+    small = (x + 0.02 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    big = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    assert 0 < float(lpips(small, x)) < float(lpips(big, x))
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.05])
+def test_psnr_of_gaussian_noise(sigma):
+    from dctnet_lite.evaluate import psnr
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.full((1, 3, 128, 128), 0.5)  # mid-grey: no clipping at sigma <= 0.05 (10 sigma)
+    x = y + sigma * torch.randn(y.shape, generator=g)
+    assert float(psnr(x, y)) == pytest.approx(10 * math.log10(1 / sigma ** 2), abs=0.2)
+
+
+def test_unknown_metric_is_refused():
+    from dctnet_lite.evaluate import compute_metrics
+
+    with pytest.raises(ValueError, match="unknown metric"):
+        compute_metrics(_photo(), _photo(), ["fid"])
+
+
+# ------------------------------------------------------------------------------ intervals
+@pytest.mark.parametrize("method", ["bootstrap", "t"])
+def test_interval_contains_mean_and_shrinks(method):
+    from dctnet_lite.evaluate import summarize
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(0.3, 0.1, 400)
+    widths = []
+    for n in (10, 40, 400):
+        s = summarize(data[:n], method=method)
+        assert s["lo"] <= s["mean"] <= s["hi"] and s["n"] == n
+        assert s["mean"] == pytest.approx(float(data[:n].mean()))
+        widths.append(s["hi"] - s["lo"])
+    assert widths[0] > widths[1] > widths[2] > 0
+    assert summarize(data[:40], method=method) == summarize(data[:40], method=method)  # fixed seed
+
+
+def test_interval_degenerate_cases():
+    from dctnet_lite.evaluate import _t_quantile_975, summarize
+
+    assert summarize([0.5]) == {"mean": 0.5, "std": 0.0, "lo": 0.5, "hi": 0.5, "n": 1}
+    assert summarize([2.0, 2.0, 2.0], method="t")["hi"] == 2.0
+    with pytest.raises(ValueError):
+        summarize([])
+    # t critical values (tables): df 1, 2, 5, 10, 30
+    for df, t in [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042)]:
+        assert _t_quantile_975(df) == pytest.approx(t, abs=2e-3)
+
+
+# ------------------------------------------------------------------------------ evaluate
+@pytest.fixture
+def tiny_setup(tmp_path):
+    """Two random-init checkpoints (widths 8 and 16) and three generated 64 px photos."""
+    from dctnet_lite import DCTNet, save_checkpoint
+
+    paths = {}
+    for w in (8, 16):
+        torch.manual_seed(w)
+        paths[w] = tmp_path / f"tiny-w{w}.safetensors"
+        save_checkpoint(paths[w], DCTNet(w).eval(), provenance={"note": "test"})
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i, rel in enumerate(["a.png", "b.jpg", "sub/c.png"]):
+        Image.fromarray(portrait_like(64, 48, i)).save(photos / rel)
+    return paths, photos
+
+
+def test_evaluate_teacher_reference_and_skips(tiny_setup):
+    from dctnet_lite.evaluate import evaluate
+
+    paths, photos = tiny_setup
+    with pytest.warns(UserWarning, match="skipping checkpoint"):
+        res = evaluate([str(paths[16]), str(paths[8]), str(paths[8].parent / "nope.safetensors")],
+                       reference=str(paths[16]), images=str(photos), strengths=(1.0, 0.5),
+                       sizes=(32,), metrics=CHEAP_METRICS, limit=2)
+    assert res["n_images"] == 2 and res["image_names"] == ["a.png", "b.jpg"]
+    assert [s["checkpoint"] for s in res["skipped"]] == [str(paths[8].parent / "nope.safetensors")]
+    rows = {(r["checkpoint"], r["strength"]): r for r in res["results"]}
+    assert len(rows) == 4
+    # the teacher is scored against the renderer, the student against the teacher
+    assert rows[("tiny-w16", 1.0)]["reference"] == "renderer" and rows[("tiny-w16", 1.0)]["is_reference"]
+    assert rows[("tiny-w8", 1.0)]["reference"] == "tiny-w16"
+    for r in res["results"]:
+        assert r["size"] == 32 and r["n"] == 2 and r["width"] in (8, 16)
+        for m in CHEAP_METRICS:
+            s = r["metrics"][m]
+            assert s["lo"] <= s["mean"] <= s["hi"] and len(s["per_image"]) == 2
+    json.dumps(res, allow_nan=False)
+
+
+def test_evaluate_folder_reference_and_strength_zero(tiny_setup, tmp_path):
+    """Targets matched by relative name (any extension); at strength 0 the blend is the photo."""
+    from dctnet_lite.evaluate import evaluate
+
+    paths, photos = tiny_setup
+    targets = tmp_path / "targets"
+    (targets / "sub").mkdir(parents=True)
+    for i, rel in enumerate(["a.jpg", "b.png"]):  # sub/c has no target
+        Image.fromarray(portrait_like(64, 48, 10 + i)).save(targets / rel)
+    with pytest.warns(UserWarning, match="no target image"):
+        res = evaluate([str(paths[8])], reference=str(targets), images=str(photos), strengths=(1.0,),
+                       sizes=(32,), metrics=("psnr",))
+    assert res["reference_kind"] == "folder" and res["missing_targets"] == ["sub/c.png"]
+    assert res["results"][0]["n"] == 2
+
+
+def test_evaluate_renderer_reference(tiny_setup):
+    from dctnet_lite.evaluate import evaluate
+
+    paths, photos = tiny_setup
+    res = evaluate([str(paths[8])], reference="renderer", images=str(photos), strengths=(1.0,),
+                   sizes=(40,), metrics=("ssim",), limit=1, interval_method="t")
+    assert res["reference_kind"] == "renderer" and res["interval"]["method"] == "t"
+    assert -1 <= res["results"][0]["metrics"]["ssim"]["mean"] <= 1
+
+
+def test_evaluate_without_any_checkpoint_fails(tiny_setup):
+    from dctnet_lite.checkpoint import CheckpointError
+    from dctnet_lite.evaluate import evaluate
+
+    _, photos = tiny_setup
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="none of the checkpoints"):
+        evaluate(["/nonexistent/x.safetensors"], "renderer", str(photos), metrics=("psnr",))
+
+
+# ------------------------------------------------------------------------------ bench
+def test_bench_json_has_documented_keys(tiny_setup):
+    from dctnet_lite.bench import ANCHOR, ROW_KEYS, bench
+
+    paths, _ = tiny_setup
+    res = bench([str(paths[8]), 16], resolutions=(32,), batches=(1, 2), backends=("eager", "channels_last"),
+                threads=1, warmup=1, repeats=2, cold_start=False)
+    assert res["schema"] == "dctnet-lite-bench/1" and res["anchor"] == ANCHOR
+    assert "NOT MEASURED" in res["anchor"]["label"]
+    for key in ("platform", "cpu", "cpu_cores_logical", "torch", "gpu"):
+        assert key in res["machine"]
+    assert len(res["rows"]) == 2 * 2 * 2
+    for r in res["rows"]:
+        assert "error" not in r, r
+        assert set(ROW_KEYS) <= set(r)
+        for k in ("median_ms", "p90_ms", "throughput_img_s", "macs", "tflops", "params", "load_seconds"):
+            assert r[k] > 0, k
+        assert r["peak_mem_mb"] >= 0 and r["p90_ms"] >= r["median_ms"] >= r["min_ms"]
+        assert r["peak_mem_method"] in ("rss-hwm", "rss-sampled")
+    assert {r["target"] for r in res["rows"]} == {"tiny-w8", "w16 (random init)"}
+    b2 = [r for r in res["rows"] if r["batch"] == 2][0]
+    b1 = [r for r in res["rows"] if r["batch"] == 1 and r["target"] == b2["target"]][0]
+    assert b2["macs"] == 2 * b1["macs"]
+    assert res["cold_start"] == []
+    json.dumps(res, allow_nan=False)
+
+
+def test_bench_cold_start_subprocess():
+    """A width target is saved to a temporary checkpoint and started in a fresh process."""
+    from dctnet_lite.bench import COLD_KEYS, bench
+
+    res = bench([8], resolutions=(32,), threads=1, warmup=1, repeats=1, cold_start=True)
+    (c,) = res["cold_start"]
+    assert "error" not in c, c
+    assert set(COLD_KEYS) <= set(c) and c["resolution"] == 32
+    assert c["total_s"] >= c["import_s"] + c["load_s"] + c["first_image_s"] > 0
+    assert c["load_s"] > 0 and c["first_image_s"] > 0 and c["load_seconds_in_process"] > 0
+
+
+def test_bench_failures_are_rows_not_crashes():
+    from dctnet_lite.bench import bench
+
+    res = bench([8], resolutions=(32,), backends=("cudagraphs",) if not torch.cuda.is_available() else ("eager",),
+                warmup=1, repeats=1, cold_start=False)
+    if not torch.cuda.is_available():
+        assert "CUDA" in res["rows"][0]["error"]
+    with pytest.raises(ValueError, match="backend"):
+        bench([8], backends=("tensorrt",))
+
+
+# ------------------------------------------------------------------------------ Pareto
+def test_pareto_front_on_known_points():
+    from dctnet_lite.report import pareto_front
+
+    # (latency, lpips): A fastest-worst, B dominated by C, C, D best-slowest, E dominated by D,
+    # F equal to C (ties are both kept), G NaN
+    pts = [(1, 0.5), (3, 0.4), (2, 0.3), (5, 0.1), (6, 0.1), (2, 0.3), (float("nan"), 0.0)]
+    assert pareto_front(pts) == [True, False, True, True, False, True, False]
+    # higher-is-better second coordinate (PSNR): the best value wins
+    assert pareto_front([(1, 20.0), (2, 25.0), (3, 24.0)], minimize=(True, False)) == [True, True, False]
+    assert pareto_front([]) == []
+
+
+# ------------------------------------------------------------------------------ report
+def test_report_from_tiny_recipe(tiny_setup, tmp_path):
+    import yaml
+
+    from dctnet_lite.report import make_report
+
+    paths, photos = tiny_setup
+    extra = tmp_path / "gpu-bench.json"
+    extra.write_text(json.dumps({
+        "schema": "dctnet-lite-bench/1", "settings": {},
+        "machine": {"cpu": "Elsewhere CPU", "gpu": "Some GPU", "cuda": "12.x"},
+        "rows": [{"target": "tiny-w8", "arch": "width 8", "device": "cuda", "precision": "fp16",
+                  "backend": "cudagraphs", "resolution": 1024, "batch": 1, "median_ms": 1.5, "p90_ms": 1.6,
+                  "throughput_img_s": 666.0, "peak_mem_mb": 10.0, "gmacs": 5.0, "tflops": 6.7}]}))
+    recipe = {
+        "name": "tiny",
+        "base_dir": str(tmp_path),
+        "checkpoints": [paths[16].name, paths[8].name, "missing-w4.safetensors"],  # relative to base_dir
+        "quality": {"reference": paths[16].name, "images": "photos", "strengths": [1.0, 0.5],
+                    "sizes": [64], "metrics": list(ALL_METRICS)},
+        "bench": {"resolutions": [64], "backends": ["eager"], "threads": 1, "warmup": 1, "repeats": 2,
+                  "cold_start": False, "widths": [24]},
+        "pareto": {"metric": "lpips_alex" if LPIPS_OK else "psnr", "strength": 1.0, "size": 64},
+        "extra_bench": ["gpu-bench.json"],
+    }
+    path = tmp_path / "recipes" / "tiny.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.warns(UserWarning, match="skipping checkpoint"):
+        out = make_report(path)
+    assert out == path.parent / "reports" / "tiny"
+    for f in ("report.json", "report.md", "pareto.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0
+    assert Image.open(out / "pareto.png").format == "PNG"
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["quality"]["n_images"] == 3
+    assert len(rep["quality"]["results"]) == 2 * 2  # 2 checkpoints x 2 strengths x 1 size
+    assert {r["target"] for r in rep["bench"]["rows"]} == {"tiny-w16", "tiny-w8", "w24 (random init)"}
+    pts = {p["label"]: p for p in rep["pareto"]["points"]}
+    # the random-init width has latency but no quality: not on the plot
+    if LPIPS_OK:
+        assert set(pts) == {"tiny-w16", "tiny-w8"}
+        assert pts["tiny-w16"]["is_reference"] and pts["tiny-w16"]["value"] == 0.0
+        # the reference (LPIPS 0) is always on the front; w8 is on it iff it is faster
+        assert pts["tiny-w16"]["on_front"]
+        assert pts["tiny-w8"]["on_front"] == (pts["tiny-w8"]["latency_ms"] < pts["tiny-w16"]["latency_ms"])
+    else:  # PSNR of the reference with itself is not a point
+        assert set(pts) == {"tiny-w8"} and pts["tiny-w8"]["on_front"]
+    md = (out / "report.md").read_text()
+    for needle in ("## Quality", "## Latency", "## Pareto front", "pareto.png", "NOT MEASURED",
+                   "Some GPU", "imported from", "tiny-w8", "missing-w4"):
+        assert needle in md, needle
+    assert rep["quality"]["results"][0]["metrics"]["psnr"]["lo"] <= rep["quality"]["results"][0]["metrics"]["psnr"]["mean"]
+
+
+def test_report_overrides_and_pillow_plot(tiny_setup, tmp_path, monkeypatch):
+    """CLI-style overrides; without matplotlib the plot is drawn with Pillow."""
+    import builtins
+
+    from dctnet_lite.report import make_report
+
+    paths, photos = tiny_setup
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    recipe = {"checkpoints": ["/dev/null/x.safetensors"],
+              "quality": {"reference": "renderer", "images": "/nonexistent", "strengths": [1.0],
+                          "sizes": [32], "metrics": ["psnr"]},
+              "bench": {"resolutions": [32], "threads": 1, "warmup": 1, "repeats": 1, "cold_start": False},
+              "pareto": {"metric": "psnr"}}
+    out = make_report(recipe, tmp_path / "rep", name="over", checkpoints=[str(paths[8]), str(paths[16])],
+                      images=str(photos), limit=1)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["name"] == "over" and rep["quality"]["n_images"] == 1
+    assert rep["pareto"]["plot"] == "pillow" and len(rep["pareto"]["points"]) == 2
+    assert Image.open(out / "pareto.png").size == (900, 600)
+
+
+def test_recipe_validation(tmp_path):
+    from dctnet_lite.report import load_recipe
+
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        load_recipe({"checkpoint": ["x"]})
+    with pytest.raises(ValueError, match="unknown bench field"):
+        load_recipe({"bench": {"resolution": [1]}})
+    cfg, src = load_recipe({"bench": False})
+    assert cfg["bench"] is False and cfg["name"] == "report" and src is None
+
+
+def test_shipped_recipe_parses():
+    from pathlib import Path
+
+    from dctnet_lite.report import load_recipe
+
+    cfg, src = load_recipe(Path(__file__).resolve().parents[1] / "eval" / "quality_vs_latency.yaml")
+    assert cfg["quality"]["reference"] == "toon-w64" and cfg["quality"]["split"] == "val"
+    assert cfg["bench"]["resolutions"] == [512, 1024] and cfg["bench"]["threads"] == 2
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_cli_bench_json(tiny_setup, capsys, tmp_path):
+    from dctnet_lite.cli import main
+
+    paths, _ = tiny_setup
+    out = tmp_path / "b.json"
+    rc = main(["bench", "--checkpoint", str(paths[8]), "--width", "16", "--resolutions", "32",
+               "--repeats", "1", "--warmup", "1", "--threads", "1", "--no-cold-start", "--json",
+               "--output", str(out)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["rows"]) == 2 and json.loads(out.read_text())["rows"][0]["median_ms"] > 0
+
+
+def test_cli_eval(tiny_setup, tmp_path, capsys):
+    import yaml
+
+    from dctnet_lite.cli import main
+
+    paths, photos = tiny_setup
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "checkpoints": [str(paths[8])],
+        "quality": {"reference": "renderer", "images": str(photos), "strengths": [1.0], "sizes": [32],
+                    "metrics": ["psnr"]},
+        "bench": {"resolutions": [32], "threads": 1, "warmup": 1, "repeats": 1, "cold_start": False},
+        "pareto": {"metric": "psnr"}}))
+    rc = main(["eval", "--recipe", str(recipe), "--name", "cli", "--limit", "1"])
+    assert rc == 0
+    assert (tmp_path / "reports" / "cli" / "report.md").is_file()
+    assert "report.md" in capsys.readouterr().out
+    assert main(["eval", "--recipe", str(tmp_path / "missing.yaml")]) == 1
