@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from . import images as imio
-from .checkpoint import DTYPES, default_checkpoint, load
+from .cache import cache_key, decode_png, encode_png, file_image_bytes, open_cache, pixel_image_bytes
+from .checkpoint import DTYPES, _payload_digest, default_checkpoint, load
+from .fileutil import atomic_write_bytes
 from .model import DCTNet
 
 #: On CPU, images above this many pixels are tiled automatically (bounded memory).
@@ -90,12 +92,15 @@ class Cartoonizer:
         compile: wrap the network in ``torch.compile``.
         tile: tile size for tiled inference (``None``: whole images, with automatic tiling for
             very large images on CPU and on CUDA out-of-memory); ``tile_overlap`` pixels blend.
+        cache: a result cache for path, PIL and array inputs (see :mod:`dctnet_lite.cache`):
+            ``None`` (off), ``"disk"`` (the user cache dir), ``"memory"``, a folder, or a
+            :class:`~dctnet_lite.cache.ResultCache`. A hit skips the model.
     """
 
     def __init__(self, checkpoint: Union[str, os.PathLike, DCTNet, None] = None, *,
                  device: Union[str, torch.device] = "auto", precision: str = "fp32",
                  channels_last: Optional[bool] = None, compile: bool = False,
-                 tile: Optional[int] = None, tile_overlap: int = 64):
+                 tile: Optional[int] = None, tile_overlap: int = 64, cache=None):
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
         if tile is not None and tile < 16:
@@ -119,6 +124,8 @@ class Cartoonizer:
         self.checkpoint_info = getattr(model, "checkpoint_info", None)
         self.net = torch.compile(model) if compile else model
         self.load_seconds = time.perf_counter() - t0
+        self.cache = open_cache(cache)
+        self._weights_sha256: Optional[str] = None
 
     # -------------------------------------------------------------------- tensors
     @torch.inference_mode()
@@ -207,8 +214,44 @@ class Cartoonizer:
         """
         if isinstance(image, torch.Tensor):
             return self._call_tensor(image, strength, size)
-        t, alpha, kind = self._prepare(image, size)
-        return _finish(self._run_uint8(t, strength)[0], alpha, kind)
+        return self._cached_or_run(image, strength, size)
+
+    # -------------------------------------------------------------------- result cache
+    def _cache_key(self, image_bytes: bytes, strength, size) -> str:
+        if self._weights_sha256 is None:
+            info = self.checkpoint_info
+            self._weights_sha256 = (info.sha256 if info is not None and info.sha256 else
+                                    _payload_digest(self.model.state_dict()))
+        return cache_key(image_bytes, self._weights_sha256, strength, size, self.precision,
+                         self.tile, self.tile_overlap)
+
+    def _cache_lookup(self, path, strength, size) -> Tuple[Optional[str], Optional[bytes]]:
+        """(key, cached PNG bytes or None) of a file input; (None, None) without a cache."""
+        if self.cache is None:
+            return None, None
+        try:
+            key = self._cache_key(file_image_bytes(path), strength, size)
+        except OSError:
+            return None, None  # unreadable: _prepare reports it
+        return key, self.cache.get(key)
+
+    def _cached_or_run(self, image, strength, size):
+        """One path / PIL / array image -> result of the same kind, through the cache if any."""
+        key, hit, kind = None, None, "pil"
+        if isinstance(image, (str, os.PathLike)):
+            key, hit = self._cache_lookup(image, strength, size)
+        if hit is None:
+            t, alpha, kind = self._prepare(image, size)
+            if self.cache is not None and key is None:  # in-memory input: keyed on its pixels
+                key = self._cache_key(pixel_image_bytes(t[0].permute(1, 2, 0).numpy(), alpha), strength, size)
+                hit = self.cache.get(key)
+        if hit is not None:
+            img = decode_png(hit)
+            return np.array(img) if kind == "array" else img
+        out = _finish(self._run_uint8(t, strength)[0], alpha, kind)
+        if key is not None:
+            self.cache.put(key, encode_png(out))
+        return out
 
     def _call_tensor(self, t: torch.Tensor, strength, size) -> torch.Tensor:
         single = t.dim() == 3
@@ -296,11 +339,13 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
                      size: Optional[int] = None, device: str = "auto", precision: str = "fp32",
                      batch_size: int = 4, tile: Optional[int] = None, ext: str = ".png",
                      overwrite_inputs: bool = False, progress: Optional[bool] = None,
-                     cartoonizer: Optional[Cartoonizer] = None) -> FilesReport:
+                     cartoonizer: Optional[Cartoonizer] = None, cache=None) -> FilesReport:
     """Cartoonize files, folders and globs into ``out_dir``.
 
     A file that cannot be read or written is reported in ``FilesReport.failed`` and the batch
     goes on. Outputs are written atomically; inputs are never overwritten unless asked.
+    ``cache`` (see :class:`Cartoonizer`; ignored when ``cartoonizer`` is given, which brings its
+    own) lets a repeated file skip the model: the cached PNG is written as it is.
     """
     t0 = time.perf_counter()
     if not ext.startswith("."):
@@ -313,9 +358,9 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
     if not plan:
         report.seconds = time.perf_counter() - t0
         return report
-    cz = cartoonizer or Cartoonizer(checkpoint, device=device, precision=precision, tile=tile)
+    cz = cartoonizer or Cartoonizer(checkpoint, device=device, precision=precision, tile=tile, cache=cache)
     bar = _Progress(len(plan), sys.stderr.isatty() if progress is None else progress)
-    pending: List[Tuple[Path, Path, torch.Tensor, Optional[np.ndarray]]] = []
+    pending: List[Tuple[Path, Path, torch.Tensor, Optional[np.ndarray], Optional[str]]] = []
 
     def flush():
         if not pending:
@@ -326,16 +371,31 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
             report.failed += [(str(p[0]), f"inference failed: {type(e).__name__}: {e}") for p in pending]
             pending.clear()
             return
-        for (src, dst, _, alpha), rgb in zip(pending, outs):
+        for (src, dst, _, alpha, key), rgb in zip(pending, outs):
             try:
-                imio.save_image(imio.compose(rgb, alpha), dst)
+                img = imio.compose(rgb, alpha)
+                imio.save_image(img, dst)
                 report.ok.append((str(src), str(dst)))
+                if key is not None:
+                    cz.cache.put(key, encode_png(img))
             except (OSError, ValueError) as e:
                 report.failed.append((str(src), f"could not write {dst}: {e}"))
             bar.update(src.name)
         pending.clear()
 
     for src, dst in plan:
+        key, hit = cz._cache_lookup(src, strength, size)
+        if hit is not None:  # a cached result: its PNG bytes as they are, or re-encoded
+            try:
+                if dst.suffix.lower() == ".png":
+                    atomic_write_bytes(dst, hit)
+                else:
+                    imio.save_image(decode_png(hit), dst)
+                report.ok.append((str(src), str(dst)))
+            except (OSError, ValueError) as e:
+                report.failed.append((str(src), f"could not write {dst}: {e}"))
+            bar.update(src.name)
+            continue
         try:
             t, alpha, _ = cz._prepare(src, size)
         except (imio.ImageReadError, ValueError) as e:
@@ -344,7 +404,7 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
             continue
         if pending and (pending[0][2].shape != t.shape or len(pending) >= batch_size):
             flush()
-        pending.append((src, dst, t, alpha))
+        pending.append((src, dst, t, alpha, key))
     flush()
     bar.close()
     report.seconds = time.perf_counter() - t0
