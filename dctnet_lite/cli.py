@@ -302,7 +302,33 @@ def _cmd_export(a) -> int:
     return EXIT_OK
 
 
-VERBS: List[Callable] = [_add_cartoonize, _add_info, _add_checkpoints, _add_export, _add_eval, _add_bench, _add_prune,
+def _add_render(sub) -> None:
+    p = sub.add_parser("render", help="classical toon renderer (the teacher's teacher and a baseline)")
+    p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("-o", "--output", required=True, help="output folder (PNG files)")
+    p.add_argument("--strength", type=float, default=1.0, help="(1 - s) * photo + s * toon")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every radius (about 2 for 1024 px faces)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_render)
+
+
+def _cmd_render(a) -> int:
+    from .render import ToonStyle, render_files
+
+    report = render_files(a.inputs, a.output, style=ToonStyle(scale=a.scale), strength=a.strength,
+                          overwrite=a.overwrite)
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"rendered {len(report['ok'])} image(s) to {a.output} in {report['seconds']:.2f} s"
+              + (f"; {len(report['skipped'])} existing output(s) kept" if report["skipped"] else ""))
+    for path, why in report["failed"]:
+        print(f"FAILED {path}: {why}", file=sys.stderr)
+    return EXIT_FAILED if report["failed"] else EXIT_OK
+
+
+VERBS: List[Callable] = [_add_cartoonize, _add_render, _add_info, _add_checkpoints, _add_export, _add_eval, _add_bench, _add_prune,
                          _add_export_modelscope]
 
 #: Verbs whose arguments go unparsed to another CLI (LightningCLI): verb -> (module, function, help).

@@ -14,7 +14,7 @@ import glob
 import io
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -149,3 +149,22 @@ def expand_inputs(inputs: Iterable) -> Tuple[List[Tuple[Path, Path]], List[Tuple
         else:
             missing.append((s, "no such file or folder"))
     return found, missing
+
+
+def plan_outputs(found: Sequence[Tuple[Path, Path]], out_dir, ext: str = ".png",
+                 overwrite_inputs: bool = False) -> Tuple[List[Tuple[Path, Path]], List[Tuple[str, str]]]:
+    """Map inputs to output paths: unique names, and never an input unless ``overwrite_inputs``."""
+    inputs = {p.resolve() for p, _ in found}
+    used, plan, refused = set(), [], []
+    for path, rel in found:
+        out = Path(out_dir) / rel.with_suffix(ext)
+        n = 2
+        while out.resolve() in used:
+            out = Path(out_dir) / rel.with_name(f"{rel.stem}-{n}{ext}")
+            n += 1
+        if out.resolve() in inputs and not overwrite_inputs:
+            refused.append((str(path), f"refusing to overwrite the input {out} (pass overwrite_inputs)"))
+            continue
+        used.add(out.resolve())
+        plan.append((path, out))
+    return plan, refused

@@ -316,25 +316,6 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def plan_outputs(found: Sequence[Tuple[Path, Path]], out_dir, ext: str = ".png",
-                 overwrite_inputs: bool = False) -> Tuple[List[Tuple[Path, Path]], List[Tuple[str, str]]]:
-    """Map inputs to output paths: unique names, and never an input unless ``overwrite_inputs``."""
-    inputs = {p.resolve() for p, _ in found}
-    used, plan, refused = set(), [], []
-    for path, rel in found:
-        out = Path(out_dir) / rel.with_suffix(ext)
-        n = 2
-        while out.resolve() in used:
-            out = Path(out_dir) / rel.with_name(f"{rel.stem}-{n}{ext}")
-            n += 1
-        if out.resolve() in inputs and not overwrite_inputs:
-            refused.append((str(path), f"refusing to overwrite the input {out} (pass overwrite_inputs)"))
-            continue
-        used.add(out.resolve())
-        plan.append((path, out))
-    return plan, refused
-
-
 def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: float = 1.0,
                      size: Optional[int] = None, device: str = "auto", precision: str = "fp32",
                      batch_size: int = 4, tile: Optional[int] = None, ext: str = ".png",
@@ -353,7 +334,7 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     found, failed = imio.expand_inputs(inputs)
-    plan, refused = plan_outputs(found, out_dir, ext, overwrite_inputs)
+    plan, refused = imio.plan_outputs(found, out_dir, ext, overwrite_inputs)
     report = FilesReport(failed=failed + refused)
     if not plan:
         report.seconds = time.perf_counter() - t0
