@@ -331,6 +331,57 @@ def _cmd_render(a) -> int:
 VERBS: List[Callable] = [_add_cartoonize, _add_render, _add_info, _add_checkpoints, _add_export, _add_eval, _add_bench, _add_prune,
                          _add_export_modelscope]
 
+def _add_export_onnx(sub) -> None:
+    p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (any batch/height/width)",
+                       description="Write an ONNX graph: image (B,3,H,W) RGB in [0,1] and strength (B,) "
+                                   "-> cartoon (B,3,H,W) in [0,1]; needs pip install 'dctnet-lite[onnx]'.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint name or path")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="network precision")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
+                   help="torch.onnx exporter (default dynamo; torchscript is the deprecated legacy one)")
+    p.add_argument("--static", nargs=3, type=int, default=None, metavar=("B", "H", "W"),
+                   help="fixed input shape instead of dynamic batch/height/width")
+    p.add_argument("--check", action="store_true",
+                   help="run the file with ONNX Runtime (CPU) and compare with PyTorch")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_export_onnx)
+
+
+def _cmd_export_onnx(a) -> int:
+    import time
+
+    import importlib.util
+
+    needed = ["onnx"] + (["onnxscript"] if a.exporter == "dynamo" else []) + (["onnxruntime"] if a.check else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:  # optional dependencies: one line instead of a traceback
+        raise CLIError(f"missing {', '.join(missing)}: pip install 'dctnet-lite[onnx]'")
+    from .onnx_export import check_onnx, export_onnx
+
+    t0 = time.perf_counter()
+    out = export_onnx(a.checkpoint, a.output, opset=a.opset, precision=a.precision, exporter=a.exporter,
+                      dynamic=a.static is None, **({"static_shape": tuple(a.static)} if a.static else {}))
+    result = {"output": str(out), "seconds": round(time.perf_counter() - t0, 2)}
+    if a.check:
+        sizes = [tuple(a.static[1:])] if a.static else [(64, 64), (48, 80)]
+        strength = [1.0] * a.static[0] if a.static else (1.0, 0.5)
+        result["check"] = check_onnx(out, a.checkpoint, sizes=sizes, strength=strength)
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"wrote {out} in {result['seconds']:.1f} s")
+        c = result.get("check")
+        if c:
+            print(f"check (onnxruntime {c['onnxruntime']}, CPU): max abs error {c['max_abs_error']:.2e}, "
+                  f"mean {c['mean_abs_error']:.2e} (tolerance {c['tolerance']:.0e}): "
+                  + ("ok" if c["ok"] else "FAILED"))
+    return EXIT_FAILED if "check" in result and not result["check"]["ok"] else EXIT_OK
+
+
+VERBS.append(_add_export_onnx)
+
 #: Verbs whose arguments go unparsed to another CLI (LightningCLI): verb -> (module, function, help).
 PASSTHROUGH: Dict[str, tuple] = {
     "train": ("dctnet_lite.train.cli", "train_main",

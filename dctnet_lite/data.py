@@ -48,7 +48,11 @@ def list_images(root) -> List[Path]:
     return _list_images(root)
 
 
-def split_of(relpath, val_fraction: float = 0.1) -> str:
+#: Fraction of files in the validation split, project-wide: training recipes and evaluation agree.
+VAL_FRACTION = 0.15
+
+
+def split_of(relpath, val_fraction: float = VAL_FRACTION) -> str:
     """``"val"`` or ``"train"``, fixed by the SHA-1 of the relative posix path.
 
     The last 8 bytes of the digest, read as a fraction of 2**64, are compared with ``val_fraction``
@@ -116,7 +120,7 @@ class PhotoFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split: str = "train", crop: int = 256, scale: Tuple[float, float] = (0.5, 1.0),
-                 flip: bool = True, color_jitter: float = 0.1, val_fraction: float = 0.1,
+                 flip: bool = True, color_jitter: float = 0.1, val_fraction: float = VAL_FRACTION,
                  min_side: Optional[int] = None, files: Optional[Sequence[str]] = None):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")

@@ -3,6 +3,8 @@
 The same code serves CPU and CUDA. Pre- and post-processing (uint8 -> float, normalisation,
 tanh output -> uint8) run on the model's device. Images too large for memory are processed in
 overlapping tiles blended with linear ramps; on CUDA an out-of-memory error falls back to tiles.
+On CUDA the defaults are the fast path: bf16 (where native), channels_last and cuDNN autotuning;
+``compile=True`` and ``cuda_graphs=True`` add shape buckets (see :mod:`dctnet_lite.fastpath`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from PIL import Image, ImageOps
 from . import images as imio
 from .cache import cache_key, decode_png, encode_png, file_image_bytes, open_cache, pixel_image_bytes
 from .checkpoint import DTYPES, _payload_digest, default_checkpoint, load
+from .fastpath import GraphRunner, bucket_shape, normalize_buckets, pad_to_shape, resolve_precision
 from .fileutil import atomic_write_bytes
 from .model import DCTNet
 
@@ -86,10 +89,18 @@ class Cartoonizer:
     Args:
         checkpoint: a checkpoint name (``toon-w48``), a path, or a :class:`DCTNet`; ``None``
             takes the shipped default and fails if no trained checkpoint exists.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, ``fp16`` or ``bf16`` (weights and activations cast).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. On CUDA,
+            ``torch.backends.cudnn.benchmark`` is switched on (process-wide).
+        precision: ``auto`` (bf16 on a CUDA device with native bf16, else fp32), ``fp32``,
+            ``fp16`` or ``bf16`` (weights and activations cast).
         channels_last: memory format; ``None`` means on for CUDA, off for CPU.
         compile: wrap the network in ``torch.compile``.
+        cuda_graphs: run the network through CUDA graphs captured per (padded shape, batch,
+            dtype) and replayed (:class:`~dctnet_lite.fastpath.GraphRunner`); CUDA only.
+        buckets: pad inputs up to fixed sizes (:func:`~dctnet_lite.fastpath.bucket_shape`) and
+            crop back, so compiled code / captured graphs are reused across nearby sizes.
+            ``None``: the default buckets when ``compile`` or ``cuda_graphs``, else off;
+            ``True``/``False``: default buckets / off; a sequence of sides: these buckets.
         tile: tile size for tiled inference (``None``: whole images, with automatic tiling for
             very large images on CPU and on CUDA out-of-memory); ``tile_overlap`` pixels blend.
         cache: a result cache for path, PIL and array inputs (see :mod:`dctnet_lite.cache`):
@@ -98,18 +109,24 @@ class Cartoonizer:
     """
 
     def __init__(self, checkpoint: Union[str, os.PathLike, DCTNet, None] = None, *,
-                 device: Union[str, torch.device] = "auto", precision: str = "fp32",
+                 device: Union[str, torch.device] = "auto", precision: str = "auto",
                  channels_last: Optional[bool] = None, compile: bool = False,
-                 tile: Optional[int] = None, tile_overlap: int = 64, cache=None):
-        if precision not in DTYPES:
-            raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+                 tile: Optional[int] = None, tile_overlap: int = 64, cache=None,
+                 cuda_graphs: bool = False, buckets=None):
+        if precision != "auto" and precision not in DTYPES:
+            raise ValueError(f"precision must be one of {['auto', *sorted(DTYPES)]}, got {precision!r}")
         if tile is not None and tile < 16:
             raise ValueError(f"tile must be at least 16 pixels, got {tile}")
         if tile_overlap < 0:
             raise ValueError(f"tile_overlap must be >= 0, got {tile_overlap}")
         self.device = resolve_device(device)
-        self.precision = precision
-        self.dtype = DTYPES[precision]
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, but the device is {self.device}")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = DTYPES[self.precision]
+        self.buckets = normalize_buckets((compile or cuda_graphs) if buckets is None else buckets)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.tile, self.tile_overlap = tile, tile_overlap
         t0 = time.perf_counter()
@@ -123,6 +140,7 @@ class Cartoonizer:
         self.model = model
         self.checkpoint_info = getattr(model, "checkpoint_info", None)
         self.net = torch.compile(model) if compile else model
+        self.graphs = GraphRunner(lambda x, s: self.net(x, s), self.device) if cuda_graphs else None
         self.load_seconds = time.perf_counter() - t0
         self.cache = open_cache(cache)
         self._weights_sha256: Optional[str] = None
@@ -142,10 +160,21 @@ class Cartoonizer:
             y = self._tiled(x, strength, tile)
         else:
             try:
-                y = self.net(x, strength)
+                y = self._infer(x, strength)
             except torch.cuda.OutOfMemoryError:
                 y = self._oom_fallback(x, strength)
         return ((y.float() + 1) * 0.5).clamp_(0, 1)
+
+    def _infer(self, x: torch.Tensor, strength) -> torch.Tensor:
+        """One network call: padded to its bucket and cropped back when bucketing, through the
+        CUDA graphs when on (the result may be a graph's static buffer: consume it at once)."""
+        h, w = x.shape[-2:]
+        if self.buckets:
+            x = pad_to_shape(x, *bucket_shape(h, w, self.buckets))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        y = self.graphs(x, strength) if self.graphs is not None else self.net(x, strength)
+        return y[..., :h, :w]
 
     def _oom_fallback(self, x, strength):
         torch.cuda.empty_cache()
@@ -168,7 +197,7 @@ class Cartoonizer:
         for top in _starts(h, tile, stride):
             for left in _starts(w, tile, stride):
                 th, tw = min(tile, h), min(tile, w)
-                y = self.net(x[..., top:top + th, left:left + tw], strength).float()
+                y = self._infer(x[..., top:top + th, left:left + tw], strength).float()
                 m = _ramp(th, overlap, x.device, torch.float32)[:, None] * _ramp(tw, overlap, x.device, torch.float32)[None, :]
                 out[..., top:top + th, left:left + tw] += y * m
                 weight[..., top:top + th, left:left + tw] += m
@@ -222,7 +251,10 @@ class Cartoonizer:
             info = self.checkpoint_info
             self._weights_sha256 = (info.sha256 if info is not None and info.sha256 else
                                     _payload_digest(self.model.state_dict()))
-        return cache_key(image_bytes, self._weights_sha256, strength, size, self.precision,
+        precision = self.precision  # bucket padding changes border pixels slightly: own keys
+        if self.buckets:
+            precision += ";buckets=" + ",".join(map(str, self.buckets))
+        return cache_key(image_bytes, self._weights_sha256, strength, size, precision,
                          self.tile, self.tile_overlap)
 
     def _cache_lookup(self, path, strength, size) -> Tuple[Optional[str], Optional[bytes]]:
@@ -295,7 +327,7 @@ def _same_shape_runs(shapes: Sequence, batch_size: int) -> List[List[int]]:
 
 
 def cartoonize(image: Any, checkpoint=None, strength: float = 1.0, size: Optional[int] = None,
-               device: str = "auto", precision: str = "fp32"):
+               device: str = "auto", precision: str = "auto"):
     """One-shot helper: load a model and cartoonize one image (see :class:`Cartoonizer`)."""
     return Cartoonizer(checkpoint, device=device, precision=precision)(image, strength=strength, size=size)
 
@@ -317,7 +349,7 @@ class _Progress:
 
 
 def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: float = 1.0,
-                     size: Optional[int] = None, device: str = "auto", precision: str = "fp32",
+                     size: Optional[int] = None, device: str = "auto", precision: str = "auto",
                      batch_size: int = 4, tile: Optional[int] = None, ext: str = ".png",
                      overwrite_inputs: bool = False, progress: Optional[bool] = None,
                      cartoonizer: Optional[Cartoonizer] = None, cache=None) -> FilesReport:

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import PairedFolder, PhotoFolder, files_by_license, seed_worker
+from ..data import VAL_FRACTION, PairedFolder, PhotoFolder, files_by_license, seed_worker
 
 
 class PhotoDataModule(pl.LightningDataModule):
@@ -26,7 +26,7 @@ class PhotoDataModule(pl.LightningDataModule):
         crop: int = 256,
         batch_size: int = 8,
         num_workers: int = 4,
-        val_fraction: float = 0.1,
+        val_fraction: float = VAL_FRACTION,
         val_crop: int = 256,
         val_batch_size: Optional[int] = None,
         scale: Tuple[float, float] = (0.5, 1.0),

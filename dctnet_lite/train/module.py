@@ -18,6 +18,7 @@ from PIL import Image
 from ..checkpoint import load
 from ..lpips_offline import LPIPSLoss, lpips_distance
 from ..model import ArchConfig, DCTNet
+from .distill import make_distiller
 from .export import CKPT_KEY, machine_info
 from .targets import TargetSource, make_target_source
 
@@ -33,6 +34,11 @@ class CartoonModule(pl.LightningModule):
     :mod:`.targets`) is chosen by ``target``; subclasses can override :meth:`build_target_source`.
     ``init_checkpoint`` starts from a dctnet_lite checkpoint, whose architecture wins over ``width``.
 
+    ``target="teacher"`` distils a frozen teacher (:mod:`.distill`): ``module.distiller`` then adds
+    ``renderer_weight`` (L1 + LPIPS to the renderer's target too) and ``feature_weight`` (fused
+    features vs the teacher's through learned 1x1 projections), and validation scores s=1 and s=0.5
+    against the teacher only. Both weights must stay 0 for the other targets.
+
     With ``ema_decay > 0`` an EMA copy of the student (``self.ema``) is kept; validation, sample
     grids and export use it. Its decay ramps up as ``min(ema_decay, (1 + t) / (10 + t))``. The
     frozen LPIPS network is never registered, so it is in neither the optimizer nor the checkpoint.
@@ -44,6 +50,8 @@ class CartoonModule(pl.LightningModule):
         init_checkpoint: Optional[str] = None,
         target: str = "renderer",
         teacher_checkpoint: Optional[str] = None,
+        feature_weight: float = 0.0,
+        renderer_weight: float = 0.0,
         l1_weight: float = 1.0,
         lpips_weight: float = 1.0,
         lpips_net: str = "alex",
@@ -65,6 +73,7 @@ class CartoonModule(pl.LightningModule):
         self.ema = copy.deepcopy(self.student).requires_grad_(False) if ema_decay > 0 else None
         self.lpips_loss = LPIPSLoss(lpips_net) if lpips_weight > 0 else None  # holds no tensors
         self.target_source = self.build_target_source()
+        self.distiller = make_distiller(self)  # None unless target == "teacher"
         self.recipe: Optional[dict] = None  # the full run config, set by the CLI, saved for export
         self.val_metrics: Dict[str, float] = {}
         self._samples: list = []
@@ -96,6 +105,8 @@ class CartoonModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         photo = batch["photo"]
         s = self.sample_strength(photo.shape[0])
+        if self.distiller is not None:
+            return self.distiller.training_step(self, batch, s)
         target = self.make_target(batch, s) * 2 - 1
         out = self.student(photo * 2 - 1, s).float()
         l1 = F.l1_loss(out, target)
@@ -125,7 +136,8 @@ class CartoonModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.student.parameters(), lr=hp.lr, betas=tuple(hp.betas),
+        params = [p for p in self.parameters() if p.requires_grad]  # the student (+ distillation projections)
+        opt = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas),
                                 weight_decay=hp.weight_decay)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
 
@@ -143,15 +155,17 @@ class CartoonModule(pl.LightningModule):
         photo, net = batch["photo"], self.eval_net
         n = photo.shape[0]
         outs, dists = {}, {}
-        for name, s in VAL_STRENGTHS.items():
+        strengths = self.distiller.val_strengths if self.distiller is not None else VAL_STRENGTHS
+        for name, s in strengths.items():
             strength = torch.full((n,), s, device=photo.device)
             target = photo if s == 0 else self.make_target(batch, strength)
             out = ((net(photo * 2 - 1, strength).float() + 1) / 2).clamp(0, 1)
             with torch.autocast(self.device.type, enabled=False):  # the metric in fp32 whatever the precision
                 dists[name] = lpips_distance(out, target, net="alex")
-            self.log(f"val/lpips_{name}", dists[name].mean(), batch_size=n)
+            self.log(f"val/lpips_{name}", dists[name].mean(), batch_size=n, sync_dist=True)
             outs[name] = (target, out)
-        self.log("val/lpips", torch.stack(list(dists.values())).mean(), prog_bar=True, batch_size=n)
+        self.log("val/lpips", torch.stack(list(dists.values())).mean(), prog_bar=True, batch_size=n,
+                 sync_dist=True)
         need = self.hparams.val_sample_count - sum(len(x) for x in self._samples)
         if need > 0 and not self.trainer.sanity_checking:
             target1, out1 = outs["s1"]
@@ -169,6 +183,8 @@ class CartoonModule(pl.LightningModule):
 
     def log_sample_grid(self, rows: torch.Tensor) -> None:
         """Rows of (photo | target s=1 | output s=1 | output s=0.5) -> TensorBoard and a PNG."""
+        if not self.trainer.is_global_zero:  # under DDP every rank validates; one writes
+            return
         grid = torch.cat(list(rows), dim=-2).clamp(0, 1)  # (3, n*H, 4*W)
         for logger in self.loggers:
             if hasattr(logger.experiment, "add_image"):
@@ -185,6 +201,15 @@ class CartoonModule(pl.LightningModule):
         if machine not in self._machines:
             self._machines.append(machine)
 
+    def on_train_start(self):
+        # Lightning 2.x keeps each submodule's mode at fit start (and restores it after validation)
+        # instead of calling .train(): set the modes explicitly. The teacher is never registered.
+        self.student.train()
+        if self.ema is not None:
+            self.ema.eval()
+        if self.distiller is not None:
+            self.distiller.on_train_start(self)
+
     def on_save_checkpoint(self, checkpoint):
         elapsed = time.monotonic() - self._t0 if self._t0 is not None else 0.0
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -198,6 +223,8 @@ class CartoonModule(pl.LightningModule):
             "init_checkpoint": self.hparams.init_checkpoint,
             "ema": self.ema is not None,
         }
+        if self.distiller is not None:  # the teacher by reference (path, sha256), never its weights
+            self.distiller.add_provenance(checkpoint[CKPT_KEY])
 
     def on_load_checkpoint(self, checkpoint):
         info = checkpoint.get(CKPT_KEY, {})
