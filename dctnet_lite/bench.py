@@ -27,9 +27,12 @@ What each row holds (``rows[i]``):
 
 Timing: CUDA uses CUDA events around each call with a synchronize before reading them; CPU uses
 ``time.perf_counter``. Backends: ``eager``, ``channels_last`` (NHWC memory format), ``compile``
-(``torch.compile`` default mode), and ``cudagraphs`` (CUDA only: the whole forward captured once
-in a CUDA graph and replayed on a static input). A row that fails (e.g. fp16 on a CPU without
-kernels, compile without a C++ compiler) carries ``error`` instead of figures; the run goes on.
+(``torch.compile`` default mode), and ``cudagraphs`` (CUDA only: ``Cartoonizer(cuda_graphs=True)``,
+the network captured in a CUDA graph by :class:`dctnet_lite.fastpath.GraphRunner` on the first
+call and replayed on static buffers; normalisation and clamp run eagerly around it). Every
+backend runs at the exact resolution (no shape buckets), so ``macs`` match the work done. A row
+that fails (e.g. fp16 on a CPU without kernels, compile without a C++ compiler) carries ``error``
+instead of figures; the run goes on.
 
 Cold start (``cold_start`` list, one entry per target): a fresh ``python -c`` subprocess imports
 dctnet_lite, loads the checkpoint with :class:`Cartoonizer`, cartoonizes one image *file* at
@@ -276,27 +279,9 @@ def _time_calls(fn, device: torch.device, n: int) -> List[float]:
 
 
 def _make_callable(cz, x: torch.Tensor, backend: str, device: torch.device):
-    """A no-argument function running one forward of ``x`` (capturing a CUDA graph if asked)."""
-    if backend != "cudagraphs":
-        return lambda: cz.forward(x, 1.0)
-    # Static input and a device-resident strength: nothing may copy from the host while capturing.
-    static_x = x.clone()
-    strength = torch.ones(x.shape[0], device=device, dtype=cz.dtype)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            cz.forward(static_x, strength)
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = cz.forward(static_x, strength)
-
-    def replay():
-        graph.replay()
-        return static_y
-
-    return replay
+    """A no-argument function running one forward of ``x`` (with ``cudagraphs`` the Cartoonizer
+    captures its graph on the first call and replays it afterwards)."""
+    return lambda: cz.forward(x, 1.0)
 
 
 def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: str = "fp32",
@@ -331,7 +316,8 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     try:
         source = str(checkpoint) if checkpoint is not None else copy.deepcopy(model)
         cz = Cartoonizer(source, device=dev, precision=precision,
-                         channels_last=backend == "channels_last", compile=backend == "compile")
+                         channels_last=backend == "channels_last", compile=backend == "compile",
+                         cuda_graphs=backend == "cudagraphs", buckets=False)
         row["load_seconds"] = cz.load_seconds
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(batch, 3, resolution, resolution, generator=gen).to(dev)

@@ -1,0 +1,224 @@
+"""GPU fast path helpers: precision resolution, shape buckets and a CUDA-graph runner.
+
+- :func:`resolve_precision`: ``"auto"`` -> ``bf16`` on a CUDA device with native bf16
+  (Ampere and newer), ``fp32`` on older GPUs and on the CPU.
+- :func:`bucket_shape` / :func:`pad_to_shape`: round an image up to one of a few fixed sizes, so
+  that a ``torch.compile``-d network (which recompiles for new shapes) or a captured CUDA graph
+  (which is only valid for the shapes it was captured with) is reused across images of nearby
+  sizes. The padding is reflect where possible, else replicate (the rule of
+  :func:`dctnet_lite.model.pad_to_multiple`), and the output is cropped back. Padding gives the
+  pixels near the bottom/right border a different context than the plain multiple-of-16
+  padding, so bucketed outputs agree with unbucketed ones closely but not bit for bit (exactly
+  when the bucket equals the multiple-of-16 padded size).
+- :class:`GraphRunner`: captures ``fn(x, strength)`` once per (input shape, strides, dtype) in a
+  :class:`torch.cuda.CUDAGraph` with static input, strength and output buffers, and replays it.
+  The strength is a static ``(B,)`` device tensor that each call copies into, so a new strength
+  never forces a new capture.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+#: Bucket sides (px) for compiled / CUDA-graph inference; beyond the largest, multiples of 256.
+DEFAULT_BUCKETS = (256, 384, 512, 768, 1024, 1536, 2048)
+#: Rounding step beyond the largest bucket.
+LARGE_STEP = 256
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+# ---------------------------------------------------------------------------------------------
+def cuda_bf16_supported(device: Union[str, torch.device, None] = None) -> bool:
+    """Native bf16 on this CUDA device (compute capability >= 8.0), not emulation."""
+    if not torch.cuda.is_available():
+        return False
+    device = torch.device("cuda" if device is None else device)
+    with torch.cuda.device(device):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch: no including_emulation argument
+            return bool(torch.cuda.is_bf16_supported())
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
+    """``fp32``/``fp16``/``bf16`` as given; ``auto``: bf16 on CUDA when native, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    return "bf16" if device.type == "cuda" and cuda_bf16_supported(device) else "fp32"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape buckets
+# ---------------------------------------------------------------------------------------------
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def bucket_side(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, multiple: int = 16) -> int:
+    """The smallest bucket >= ``n`` (rounded up to ``multiple``); beyond the largest bucket,
+    ``n`` rounded up to a multiple of 256 (and of ``multiple``)."""
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"image sides must be positive integers, got {n!r}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    fits = [int(b) for b in buckets if int(b) >= n]
+    side = min(fits) if fits else _round_up(int(n), LARGE_STEP)
+    return _round_up(side, multiple)
+
+
+def bucket_shape(h: int, w: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 multiple: int = 16) -> Tuple[int, int]:
+    """(H, W) of the bucket an ``h x w`` image is padded to: each side independently the
+    smallest bucket >= it; beyond the largest bucket, rounded up to a multiple of 256. Always a
+    multiple of ``multiple`` (the network's total stride, 16).
+
+    >>> bucket_shape(300, 200)
+    (384, 256)
+    >>> bucket_shape(2100, 512)
+    (2304, 512)
+    """
+    if any(isinstance(b, bool) or int(b) != b or b < 1 for b in buckets):
+        raise ValueError(f"buckets must be positive integers, got {tuple(buckets)!r}")
+    return bucket_side(h, buckets, multiple), bucket_side(w, buckets, multiple)
+
+
+def normalize_buckets(buckets) -> Optional[Tuple[int, ...]]:
+    """``True`` -> :data:`DEFAULT_BUCKETS`; ``False``/``None``/empty -> ``None``; else sorted ints."""
+    if buckets is None or buckets is False:
+        return None
+    if buckets is True:
+        return DEFAULT_BUCKETS
+    out = tuple(sorted({int(b) for b in buckets}))
+    if not out:
+        return None
+    if out[0] < 1:
+        raise ValueError(f"buckets must be positive, got {tuple(buckets)!r}")
+    return out
+
+
+def pad_to_shape(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad (B, C, h, w) at the bottom/right to (height, width): reflect where the padding is
+    smaller than the side on both axes, else replicate (as :func:`~dctnet_lite.model.pad_to_multiple`)."""
+    h, w = x.shape[-2:]
+    ph, pw = height - h, width - w
+    if ph < 0 or pw < 0:
+        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strength
+# ---------------------------------------------------------------------------------------------
+def strength_vector(strength, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A float or a scalar / ``(B,)`` tensor -> a ``(B,)`` tensor on ``device``; values are checked
+    to lie in [0, 1] for floats and CPU tensors (checking a device tensor would synchronise)."""
+    if isinstance(strength, torch.Tensor):
+        if strength.device.type == "cpu" and not bool(((strength >= 0) & (strength <= 1)).all()):
+            raise ValueError(f"strength must lie in [0, 1], got {strength.tolist()}")
+        s = strength.to(device=device, dtype=dtype, non_blocking=True)
+        if s.dim() == 0:
+            s = s.expand(batch)
+        if s.shape != (batch,):
+            raise ValueError(f"strength must be a scalar or a ({batch},) tensor, got shape {tuple(s.shape)}")
+        return s
+    strength = float(strength)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    return torch.full((batch,), strength, device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graphs
+# ---------------------------------------------------------------------------------------------
+class _Captured:
+    __slots__ = ("graph", "x", "strength", "y")
+
+    def __init__(self, graph, x, strength, y):
+        self.graph, self.x, self.strength, self.y = graph, x, strength, y
+
+
+class GraphRunner:
+    """Run ``fn(x, strength)`` through CUDA graphs, one per (shape, strides, dtype) of ``x``.
+
+    The first call with a new key copies ``x`` and the strength into fresh static buffers, runs
+    ``warmup`` eager iterations on a side stream (cuDNN autotuning and ``torch.compile``
+    compilation happen there, outside the capture), captures one call in a
+    :class:`torch.cuda.CUDAGraph` and replays it. Later calls with the same key only copy the new
+    input and strength into the static buffers and replay.
+
+    All graphs share one memory pool. That is safe because replays never run concurrently and
+    each result is consumed before the next replay: **the returned tensor is the graph's static
+    output buffer and is overwritten by the next call** (clone it to keep it). At most
+    ``max_graphs`` graphs are kept (least recently used dropped). Not thread-safe.
+    """
+
+    def __init__(self, fn: Callable, device: Union[str, torch.device], *, warmup: int = 3,
+                 max_graphs: int = 16):
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        if warmup < 1 or max_graphs < 1:
+            raise ValueError("warmup and max_graphs must be >= 1")
+        self.fn, self.device, self.warmup, self.max_graphs = fn, device, warmup, max_graphs
+        self._graphs: "collections.OrderedDict[tuple, _Captured]" = collections.OrderedDict()
+        self._pool = None
+        self.captures = 0
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    @staticmethod
+    def key(x: torch.Tensor) -> tuple:
+        return tuple(x.shape), tuple(x.stride()), x.dtype
+
+    def __call__(self, x: torch.Tensor, strength=1.0) -> torch.Tensor:
+        if x.device != self.device and not (x.device.type == "cuda" and self.device.index is None):
+            raise ValueError(f"input on {x.device}, graphs on {self.device}")
+        s = strength_vector(strength, x.shape[0], x.device, x.dtype)
+        k = self.key(x)
+        entry = self._graphs.get(k)
+        if entry is None:
+            entry = self._capture(x, s)
+            self._graphs[k] = entry
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(k)
+            entry.x.copy_(x)
+            entry.strength.copy_(s)
+        entry.graph.replay()
+        return entry.y
+
+    def _capture(self, x: torch.Tensor, s: torch.Tensor) -> _Captured:
+        static_x = torch.empty_like(x)  # same strides (channels_last kept)
+        static_x.copy_(x)
+        static_s = s.clone()
+        current = torch.cuda.current_stream(x.device)
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(static_x, static_s)
+        current.wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_y = self.fn(static_x, static_s)
+        self.captures += 1
+        return _Captured(graph, static_x, static_s, static_y)
+
+    def clear(self) -> None:
+        """Drop every captured graph (their memory returns to the caching allocator)."""
+        self._graphs.clear()

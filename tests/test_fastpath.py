@@ -1,0 +1,248 @@
+"""GPU fast path pieces that run without a GPU: shape buckets, precision resolution, the CUDA
+graph runner's refusals on CPU, and ONNX export checked with ONNX Runtime (CPU).
+
+Tolerances: bucketing pads an image further than the plain multiple-of-16 padding, which only
+changes the context of the pixels near the bottom/right border. Where the bucket equals the
+multiple-of-16 padded size the computation is the same and the output identical; otherwise the
+whole image stays within 0.05 max / 0.002 mean of the unbucketed output and the interior (all
+but the last 16 rows and columns) within 1e-3 (random-init width-8 network). ONNX fp32 graphs
+must match PyTorch within 1e-4 (max abs, output in [0, 1]).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import portrait_like
+from dctnet_lite import DCTNet
+from dctnet_lite.fastpath import (DEFAULT_BUCKETS, GraphRunner, bucket_shape, normalize_buckets,
+                                  pad_to_shape, resolve_precision, strength_vector)
+from dctnet_lite.inference import Cartoonizer
+from dctnet_lite.model import pad_to_multiple
+
+
+def _photo(h, w, seed=0):
+    return torch.from_numpy(portrait_like(h, w, seed)).permute(2, 0, 1)[None].float() / 255
+
+
+# ------------------------------------------------------------------------------ bucket_shape
+@pytest.mark.parametrize("hw, expected", [
+    ((1, 1), (256, 256)),
+    ((256, 256), (256, 256)),
+    ((257, 100), (384, 256)),
+    ((300, 200), (384, 256)),
+    ((512, 513), (512, 768)),
+    ((1000, 1024), (1024, 1024)),
+    ((1025, 1536), (1536, 1536)),
+    ((2048, 2049), (2048, 2304)),   # beyond the largest bucket: next multiple of 256
+    ((2100, 4097), (2304, 4352)),
+])
+def test_bucket_shape_defaults(hw, expected):
+    assert bucket_shape(*hw) == expected
+
+
+def test_bucket_shape_custom_buckets_and_multiple():
+    assert bucket_shape(40, 56, buckets=(48, 64)) == (48, 64)
+    assert bucket_shape(40, 56, buckets=(64, 48)) == (48, 64)  # order does not matter
+    assert bucket_shape(10, 10, buckets=(50,)) == (64, 64)     # a bucket is rounded up to 16
+    assert bucket_shape(10, 10, buckets=(50,), multiple=1) == (50, 50)
+    assert bucket_shape(60, 10, buckets=(50,)) == (256, 64)    # beyond: multiple of 256
+    for h in (1, 15, 16, 17, 333, 777, 2047, 2049, 3000):
+        H, W = bucket_shape(h, h)
+        assert H == W >= h and H % 16 == 0
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_bucket_shape_rejects_bad_sides(bad):
+    with pytest.raises(ValueError):
+        bucket_shape(bad, 10)
+    with pytest.raises(ValueError):
+        bucket_shape(10, 10, buckets=(bad,))
+
+
+def test_normalize_buckets():
+    assert normalize_buckets(None) is None and normalize_buckets(False) is None
+    assert normalize_buckets(()) is None
+    assert normalize_buckets(True) == DEFAULT_BUCKETS
+    assert normalize_buckets([512, 256, 512]) == (256, 512)
+
+
+def test_pad_to_shape_matches_pad_to_multiple():
+    for h, w in ((40, 56), (8, 20), (20, 8), (33, 21)):
+        x = torch.rand(2, 3, h, w)
+        H, W = -(-h // 16) * 16, -(-w // 16) * 16
+        assert torch.equal(pad_to_shape(x, H, W), pad_to_multiple(x, 16))
+    with pytest.raises(ValueError):
+        pad_to_shape(torch.rand(1, 3, 20, 20), 16, 32)
+
+
+# ------------------------------------------------------------------------------ bucketed inference
+def test_bucket_equal_to_padded_size_is_identical(tiny_model):
+    x = _photo(40, 56)
+    ref = Cartoonizer(tiny_model, device="cpu").forward(x, 0.8)
+    cz = Cartoonizer(tiny_model, device="cpu", buckets=(48, 64))  # 40x56 -> 48x64 = 16-padded size
+    assert cz.buckets == (48, 64)
+    assert torch.equal(cz.forward(x, 0.8), ref)
+
+
+@pytest.mark.parametrize("h, w, buckets", [(40, 56, (256,)), (70, 90, (128,)), (33, 21, (64,))])
+def test_bucketed_close_to_unbucketed(tiny_model, h, w, buckets):
+    x = _photo(h, w, 1)
+    ref = Cartoonizer(tiny_model, device="cpu").forward(x, 0.8)
+    calls = []
+    cz = Cartoonizer(tiny_model, device="cpu", buckets=buckets)
+    orig = cz.net
+    cz.net = lambda t, s: (calls.append(tuple(t.shape[-2:])), orig(t, s))[1]
+    out = cz.forward(x, 0.8)
+    assert calls == [bucket_shape(h, w, buckets)]  # the network really saw the bucket
+    assert out.shape == ref.shape
+    diff = (out - ref).abs()
+    assert diff.max() < 0.05 and diff.mean() < 2e-3
+    assert diff[..., : h - 16, : w - 16].max() < 1e-3
+
+
+def test_buckets_default_follow_compile_and_graphs(tiny_model):
+    assert Cartoonizer(tiny_model, device="cpu").buckets is None
+    assert Cartoonizer(tiny_model, device="cpu", compile=True).buckets == DEFAULT_BUCKETS  # lazy: no compile
+    assert Cartoonizer(tiny_model, device="cpu", compile=True, buckets=False).buckets is None
+    assert Cartoonizer(tiny_model, device="cpu", buckets=True).buckets == DEFAULT_BUCKETS
+
+
+def test_bucketed_results_have_their_own_cache_keys(tiny_model):
+    plain = Cartoonizer(tiny_model, device="cpu")
+    bucketed = Cartoonizer(tiny_model, device="cpu", buckets=(64,))
+    assert plain._cache_key(b"img", 1.0, None) != bucketed._cache_key(b"img", 1.0, None)
+    assert plain._cache_key(b"img", 1.0, None) == Cartoonizer(tiny_model, device="cpu")._cache_key(b"img", 1.0, None)
+
+
+def test_bucketed_batch_and_tiles(tiny_model):
+    x = torch.rand(3, 3, 50, 70)
+    s = torch.tensor([1.0, 0.5, 0.0])
+    cz = Cartoonizer(tiny_model, device="cpu", buckets=(64, 80), tile=48, tile_overlap=16)
+    out = cz.forward(x, s)
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+
+
+# ------------------------------------------------------------------------------ precision / graphs
+def test_precision_auto_resolution(tiny_model, monkeypatch):
+    import dctnet_lite.fastpath as fp
+
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    cz = Cartoonizer(tiny_model, device="cpu")  # the default is "auto"
+    assert cz.precision == "fp32" and cz.dtype == torch.float32
+    assert next(cz.model.parameters()).dtype == torch.float32
+    monkeypatch.setattr(fp, "cuda_bf16_supported", lambda device=None: True)
+    assert resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(fp, "cuda_bf16_supported", lambda device=None: False)
+    assert resolve_precision("auto", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        Cartoonizer(tiny_model, device="cpu", precision="int8")
+
+
+def test_cuda_graphs_on_cpu_raise(tiny_model):
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        Cartoonizer(tiny_model, device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphRunner(lambda x, s: x, "cpu")
+
+
+def test_strength_vector():
+    assert strength_vector(0.5, 3, torch.device("cpu"), torch.float32).tolist() == [0.5] * 3
+    assert strength_vector(torch.tensor(1.0), 2, torch.device("cpu"), torch.float32).shape == (2,)
+    for bad in (1.5, torch.tensor([0.2, -0.1])):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            strength_vector(bad, 2, torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="shape"):
+        strength_vector(torch.ones(3), 2, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_match_eager_and_reuse_the_capture(tiny_model):  # pragma: no cover (GPU)
+    x = torch.rand(2, 3, 200, 300)
+    eager = Cartoonizer(tiny_model, device="cuda", precision="fp32", buckets=(256, 320))
+    graphs = Cartoonizer(tiny_model, device="cuda", precision="fp32", cuda_graphs=True, buckets=(256, 320))
+    for s in (1.0, 0.3, torch.tensor([0.0, 1.0])):
+        assert (graphs.forward(x, s) - eager.forward(x, s)).abs().max() < 1e-3
+    assert graphs.graphs.captures == 1  # new strengths are copied in, not recaptured
+    graphs.forward(torch.rand(2, 3, 250, 310), 1.0)  # same bucket: same graph
+    assert graphs.graphs.captures == 1
+    graphs.forward(torch.rand(1, 3, 250, 310), 1.0)  # new batch size: one more
+    assert graphs.graphs.captures == 2
+
+
+# ------------------------------------------------------------------------------ ONNX
+def _need_onnx(dynamo: bool = True):
+    """Skip (only the ONNX tests) when the optional onnx extra is missing."""
+    for mod in ("onnx", "onnxruntime") + (("onnxscript",) if dynamo else ()):
+        pytest.importorskip(mod, reason="the onnx extra is not installed")
+    import onnx
+
+    return onnx
+
+
+def test_onnx_export_and_check_width8(tiny_model, tmp_path):
+    onnx = _need_onnx()
+    from dctnet_lite.onnx_export import check_onnx, export_onnx, read_metadata
+
+    path = export_onnx(tiny_model, tmp_path / "w8.onnx")
+    assert path.exists() and not list(tmp_path.glob(".*.tmp"))
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (model.graph.input[0], model.graph.input[1], model.graph.output[0])]
+    assert dims == [["batch", 3, "height", "width"], ["batch"], ["batch", 3, "height", "width"]]
+    assert json.loads(read_metadata(path)["arch"])["base_width"] == 8
+    # multiples of 16, not multiples (reflect), too small to reflect (replicate), 1 px, batch 1/2
+    sizes = ((64, 64), (48, 80), (33, 21), (8, 20), (20, 8), (1, 1), (17, 100))
+    res = check_onnx(path, tiny_model, sizes=sizes, strength=(1.0, 0.5), threads=1)
+    assert res["ok"] and res["max_abs_error"] < 1e-4, res
+    assert [c["size"] for c in res["cases"]] == [list(s) for s in sizes]
+    assert check_onnx(path, tiny_model, sizes=((24, 40),), strength=0.3, threads=1)["max_abs_error"] < 1e-4
+
+
+def test_onnx_torchscript_exporter_and_static_shape(tiny_model, tmp_path):
+    onnx = _need_onnx(dynamo=False)
+    from dctnet_lite.onnx_export import check_onnx, export_onnx
+
+    path = export_onnx(tiny_model, tmp_path / "ts.onnx", exporter="torchscript")
+    assert check_onnx(path, tiny_model, sizes=((33, 21), (8, 20)), threads=1)["max_abs_error"] < 1e-4
+    static = export_onnx(tiny_model, tmp_path / "static.onnx", exporter="torchscript", dynamic=False,
+                         static_shape=(1, 40, 56))
+    dims = [d.dim_value for d in onnx.load(str(static)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 40, 56]
+    assert check_onnx(static, tiny_model, sizes=((40, 56),), strength=0.7, threads=1)["ok"]
+    with pytest.raises(ValueError, match="precision"):
+        export_onnx(tiny_model, tmp_path / "x.onnx", precision="bf16")
+
+
+@pytest.mark.parametrize("width", [48, 64])
+def test_onnx_export_widths_48_and_64(tmp_path, width):
+    _need_onnx()
+    from dctnet_lite.onnx_export import check_onnx, export_onnx
+
+    torch.manual_seed(0)
+    model = DCTNet(width).eval()
+    path = export_onnx(model, tmp_path / f"w{width}.onnx")
+    res = check_onnx(path, model, sizes=((20, 36),), strength=0.7, threads=1)
+    assert res["max_abs_error"] < 1e-4, res
+
+
+def test_cli_export_onnx(tmp_path, capsys):
+    from dctnet_lite import save_checkpoint
+    from dctnet_lite.cli import main
+
+    _need_onnx()
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(ckpt, DCTNet(8))
+    out = tmp_path / "out" / "tiny.onnx"
+    assert main(["export-onnx", "--checkpoint", str(ckpt), "-o", str(out), "--check", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert out.exists() and result["output"] == str(out)
+    assert result["check"]["ok"] and result["check"]["max_abs_error"] < 1e-4
+    assert result["check"]["metadata"]["checkpoint_sha256"]
+    assert main(["export-onnx", "--checkpoint", str(tmp_path / "missing.safetensors"), "-o", str(out)]) == 1
