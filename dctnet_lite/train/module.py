@@ -183,13 +183,14 @@ class CartoonModule(pl.LightningModule):
 
     def log_sample_grid(self, rows: torch.Tensor) -> None:
         """Rows of (photo | target s=1 | output s=1 | output s=0.5) -> TensorBoard and a PNG."""
+        # trainer.log_dir broadcasts from rank 0 under DDP: every rank must ask, before the rank check
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"
         if not self.trainer.is_global_zero:  # under DDP every rank validates; one writes
             return
         grid = torch.cat(list(rows), dim=-2).clamp(0, 1)  # (3, n*H, 4*W)
         for logger in self.loggers:
             if hasattr(logger.experiment, "add_image"):
                 logger.experiment.add_image("val/samples", grid, self.global_step)
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         img = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
         Image.fromarray(img).save(out_dir / f"val_step{self.global_step:07d}.png")
