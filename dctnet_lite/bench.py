@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import torch
+
+from .machine import machine_info
 
 BACKENDS = ("eager", "channels_last", "compile", "cudagraphs")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -87,54 +88,6 @@ COLD_KEYS = ("target", "resolution", "device", "python_start_s", "import_s", "lo
              "first_image_s", "total_s", "load_seconds_in_process")
 
 
-# ---------------------------------------------------------------------------------------------
-# Machine
-# ---------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
-                                  text=True, timeout=5).stdout.strip() or platform.processor()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: Union[str, torch.device] = "cpu") -> dict:
-    """Platform, CPU model, cores, memory, torch/CUDA versions and GPU name (if any)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info = {
-        "platform": platform.platform(), "python": platform.python_version(),
-        "cpu": _cpu_model(), "cpu_cores_logical": os.cpu_count(), "cpu_cores_usable": usable,
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "device": str(device), "gpu": None,
-    }
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gb"] = round(pages * size / 1e9, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    try:
-        from . import __version__
-
-        info["dctnet_lite"] = __version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        idx = torch.device(device).index or 0 if torch.device(device).type == "cuda" else 0
-        props = torch.cuda.get_device_properties(idx)
-        info.update(gpu=torch.cuda.get_device_name(idx), gpu_memory_gb=round(props.total_memory / 1e9, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return info
 
 
 # ---------------------------------------------------------------------------------------------

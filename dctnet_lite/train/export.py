@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 from pathlib import Path
 from typing import Optional
 
@@ -14,24 +13,6 @@ from ..checkpoint import CheckpointError, CheckpointInfo, read_info, save_checkp
 from ..model import ArchConfig, DCTNet
 
 CKPT_KEY = "dctnet_lite"  # our entry in a Lightning checkpoint (written by CartoonModule)
-
-
-def machine_info() -> dict:
-    """Where this process runs: platform, CPU model and count, GPU name, library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-    }
 
 
 def _parent(path: Optional[str]) -> Optional[dict]:

@@ -19,7 +19,8 @@ from ..checkpoint import load
 from ..lpips_offline import LPIPSLoss, lpips_distance
 from ..model import ArchConfig, DCTNet
 from .distill import make_distiller
-from .export import CKPT_KEY, machine_info
+from ..machine import machine_summary
+from .export import CKPT_KEY
 from .targets import TargetSource, make_target_source
 
 #: Validation strengths: name -> s (s = 0 is scored against the photo itself).
@@ -198,7 +199,7 @@ class CartoonModule(pl.LightningModule):
     # ------------------------------------------------------------------ bookkeeping for export
     def on_fit_start(self):
         self._t0 = time.monotonic()
-        machine = machine_info()
+        machine = machine_summary()
         if machine not in self._machines:
             self._machines.append(machine)
 
