@@ -30,7 +30,8 @@ def _add_cartoonize(sub) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
     p.add_argument("--size", type=int, default=None, help="longer side of the output in pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto (default): bf16 on a CUDA GPU with native bf16, else fp32")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--tile", type=int, default=None, help="tile size for very large images")
     p.add_argument("--format", default="png", choices=["png", "jpg", "webp"], help="output format")

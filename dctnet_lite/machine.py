@@ -39,7 +39,7 @@ def machine_info(device: Union[str, torch.device] = "cpu") -> dict:
     info = {
         "platform": platform.platform(), "python": platform.python_version(),
         "cpu": _cpu_model(), "cpu_cores_logical": os.cpu_count(), "cpu_cores_usable": usable,
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
         "device": str(device), "gpu": None,
     }
     try:

@@ -251,8 +251,8 @@ def predict_files(inputs: Iterable, out_dir, checkpoint=None, *, devices=1, stra
         ext = "." + ext
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    if precision != "auto" and precision not in DTYPES:  # auto: resolved per rank by its Cartoonizer
+        raise ValueError(f"precision must be auto or one of {sorted(DTYPES)}, got {precision!r}")
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must lie in [0, 1], got {strength}")
     found, missing = imio.expand_inputs(inputs)

@@ -214,3 +214,14 @@ def test_init_checkpoint_sets_architecture_and_parent(tiny_ckpt):
     assert isinstance(module.student, DCTNet) and module.student.config.base_width == 8
     ref = load(tiny_ckpt)
     assert all(torch.equal(a, b) for a, b in zip(module.student.state_dict().values(), ref.state_dict().values()))
+
+
+def test_machine_summary_holds_plain_types_only():
+    """Provenance goes into Lightning checkpoints read back with weights_only=True: no str
+    subclasses such as torch's TorchVersion, only plain JSON types."""
+    from dctnet_lite.machine import PROVENANCE_KEYS, machine_summary
+
+    m = machine_summary()
+    assert tuple(m) == PROVENANCE_KEYS
+    assert all(type(v) in (str, int, type(None)) for v in m.values()), {k: type(v) for k, v in m.items()}
+    assert m["cpu_count"] >= 1 and m["torch"] == str(torch.__version__)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.torch_version import TorchVersion
 
 from .. import __version__
 from ..checkpoint import CheckpointError, CheckpointInfo, read_info, save_checkpoint
@@ -34,7 +35,10 @@ def export_checkpoint(ckpt_path: str, out_path: str, dtype: str = "fp16", use_em
     checkpoint, wall time, machine(s), source checkpoint. Metrics: the last validation of the
     exported weights (``val/...``, ``val_step``) updated with ``metrics``.
     """
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    # TorchVersion (a str subclass) is allowed: Lightning's own hyper-parameters and older
+    # dctnet_lite provenance may hold torch.__version__ as it is.
+    with torch.serialization.safe_globals([TorchVersion]):
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     info = ckpt.get(CKPT_KEY)
     if not isinstance(info, dict) or "arch" not in info:
         raise CheckpointError(f"{ckpt_path} was not written by dctnet_lite.train (no {CKPT_KEY!r} entry)")
