@@ -3,7 +3,7 @@
 :func:`predict_files` is :func:`~dctnet_lite.inference.cartoonize_files` on ``Trainer.predict``:
 
 - the inputs are expanded and mapped to outputs exactly as ``cartoonize_files`` does
-  (:func:`~dctnet_lite.images.expand_inputs`, :func:`~dctnet_lite.inference.plan_outputs`), in
+  (:func:`~dctnet_lite.images.expand_inputs`, :func:`~dctnet_lite.images.plan_outputs`), in
   every process; the processes check that they agree on the list before starting;
 - a :class:`~torch.utils.data.Dataset` reads the images; a file that cannot be read becomes a
   failure record instead of an exception;
@@ -48,7 +48,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from . import images as imio
 from .fileutil import atomic_write_bytes
-from .inference import Cartoonizer, FilesReport, _same_shape_runs, plan_outputs, target_size
+from .inference import Cartoonizer, FilesReport, _same_shape_runs, target_size
 
 
 @dataclasses.dataclass
@@ -256,7 +256,7 @@ def predict_files(inputs: Iterable, out_dir, checkpoint=None, *, devices=1, stra
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must lie in [0, 1], got {strength}")
     found, missing = imio.expand_inputs(inputs)
-    plan, refused = plan_outputs(found, out_dir, ext, overwrite_inputs)
+    plan, refused = imio.plan_outputs(found, out_dir, ext, overwrite_inputs)
     plan_s = [(str(src), str(dst)) for src, dst in plan]
     report = PredictReport(failed=missing + refused)
     if not plan_s:

@@ -32,13 +32,19 @@ def test_entries_and_dependencies():
 def test_missing_shipped_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
     import dctnet_lite.checkpoint as ck
 
-    monkeypatch.setenv("DCTNET_LITE_CHECKPOINTS", str(tmp_path))
-    if (ck.checkpoint_dirs()[-1] / "toon-w48.safetensors").exists():
-        pytest.skip("a trained toon-w48 is shipped in checkpoints/")
+    monkeypatch.setattr(ck, "checkpoint_dirs", lambda: [tmp_path])  # hide the shipped ones
     with pytest.raises(RuntimeError, match="toon-w48.*not available offline"):
         torch.hub.load(str(REPO), "toon_w48", source="local")
     untrained = torch.hub.load(str(REPO), "toon_w48", source="local", pretrained=False)
     assert untrained.config.widths["scale1"] == 48
+
+
+def test_shipped_checkpoint_through_the_hub():
+    if not (REPO / "checkpoints" / "toon-w48.safetensors").exists():
+        pytest.skip("no toon-w48 in checkpoints/")
+    net = torch.hub.load(str(REPO), "toon_w48", source="local")
+    assert net.checkpoint_info.name == "toon-w48" and net.config.widths["scale1"] == 48
+    assert net.checkpoint_info.provenance["steps"] > 0  # trained weights, not an initialisation
 
 
 def test_named_checkpoint_and_cartoonizer(tiny_ckpt, tmp_path, monkeypatch):
