@@ -1,11 +1,8 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
 from PIL import Image
 
 from dctnet_lite.cli import main

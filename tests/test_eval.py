@@ -325,6 +325,25 @@ def test_report_overrides_and_pillow_plot(tiny_setup, tmp_path, monkeypatch):
     assert Image.open(out / "pareto.png").size == (900, 600)
 
 
+
+def test_pillow_plot_keeps_labels_inside(tmp_path):
+    """The rightmost point's label (the reference's is the longest) is drawn left of it, not clipped."""
+    import numpy as np
+
+    from dctnet_lite.report import _plot_pillow
+
+    pts = [{"label": "toon-w32", "latency_ms": 140.0, "value": 0.11, "lo": 0.09, "hi": 0.13,
+            "on_front": True, "is_reference": False},
+           {"label": "toon-w64-with-a-long-name", "latency_ms": 504.0, "value": 0.0, "lo": 0.0, "hi": 0.0,
+            "on_front": True, "is_reference": True}]
+    pareto = {"metric": "lpips_alex", "strength": 1.0, "size": 512, "device": "cpu", "resolution": 512,
+              "points": pts}
+    _plot_pillow(pareto, tmp_path / "p.png")
+    a = np.asarray(Image.open(tmp_path / "p.png").convert("L"))
+    assert a.shape == (600, 900)
+    assert a[:528, 872:].min() == 255, "something was drawn right of the plot frame"
+    assert a[50:530, 600:868].min() < 128, "the reference's label is missing"
+
 def test_recipe_validation(tmp_path):
     from dctnet_lite.report import load_recipe
 

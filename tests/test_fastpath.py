@@ -10,7 +10,6 @@ must match PyTorch within 1e-4 (max abs, output in [0, 1]).
 """
 import json
 
-import numpy as np
 import pytest
 import torch
 
