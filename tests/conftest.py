@@ -20,6 +20,16 @@ def portrait_like(h: int, w: int, seed: int = 0) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions on a shared CPU are fastest (and steadiest) on one intra-op thread.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_model():
     from dctnet_lite import DCTNet

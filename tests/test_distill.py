@@ -22,7 +22,9 @@ pytest.importorskip("torch_pruning")
 
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+import train_callbacks  # noqa: E402
 from dctnet_lite import DCTNet, load, save_checkpoint  # noqa: E402
+from train_callbacks import ckpt  # noqa: E402
 from dctnet_lite.prune import prune  # noqa: E402
 from dctnet_lite.train import CartoonModule, export_checkpoint, train_main  # noqa: E402
 from dctnet_lite.train.distill import DISTILL_VAL_STRENGTHS, file_sha256  # noqa: E402
@@ -33,12 +35,7 @@ CPU_RECIPE = REPO / "finetune" / "distill_w48_cpu.yaml"
 STEPS = 4  # validations (and last.ckpt) at steps 2 and 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +77,12 @@ def dargs(photos, nets, run, steps=STEPS, *extra):
 
 
 def callbacks(*specs) -> list:
-    return ["--trainer.callbacks", json.dumps([{"class_path": f"test_distill.{name}", "init_args": kw}
+    """``--trainer.callbacks`` for callbacks of this module or of ``train_callbacks``."""
+    def path(name):
+        return f"train_callbacks.{name}" if hasattr(train_callbacks, name) else f"test_distill.{name}"
+
+    return ["--trainer.callbacks", json.dumps([{"class_path": path(name), "init_args": kw}
                                                for name, kw in specs])]
-
-
-def ckpt(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def sub_state(state_dict, prefix):
@@ -112,30 +109,6 @@ class Probe(Callback):
 
     def on_fit_end(self, trainer, pl_module):
         Probe.last.update(module=pl_module, trainer=trainer)
-
-
-class SigtermAt(Callback):
-    """Sends this process a SIGTERM after optimizer step ``at_step``, like a preempting scheduler."""
-
-    def __init__(self, at_step: int = 2):
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, *_):
-        if trainer.global_step == self.at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-class SigkillAfterCheckpoint(Callback):
-    """SIGKILLs this process right after the checkpoints of step ``at_step`` are written (no handler
-    can run: nothing is saved on the way out). Checkpoint callbacks run after the others, so this
-    acts at the start of the next batch."""
-
-    def __init__(self, at_step: int = 2):
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, *_):
-        if trainer.global_step == self.at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Snapshot(Callback):

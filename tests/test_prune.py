@@ -20,12 +20,7 @@ from dctnet_lite.prune import (CRITERIA, channel_table, conv_macs, parse_macs_bu
 SIZE = 32  # calibration crop side
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: threads only add contention
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

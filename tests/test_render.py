@@ -8,21 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 
 from dctnet_lite import render as R
 from dctnet_lite.render import ToonStyle, blend_target, render_files, render_image, render_toon
 
-PORTRAITS = Path("/work/shared/data/portraits/train")
+PORTRAITS = SHARED_DATA / "portraits" / "train"
 
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """These images are tiny: one thread is faster and keeps the suite quick on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_portrait(height: int = 96, width: int = 112, batch: int = 1,
@@ -217,7 +211,7 @@ def test_cuda_matches_cpu_and_is_deterministic():
     assert (gpu.cpu() - render_toon(x)).abs().mean() < 1e-3
 
 
-@pytest.mark.skipif(not PORTRAITS.is_dir(), reason="needs /work/shared/data/portraits")
+@pytest.mark.skipif(not PORTRAITS.is_dir(), reason=f"needs {PORTRAITS}")
 def test_real_portrait_locality_and_ink_coverage():
     files = sorted(PORTRAITS.glob("*.jpg"))
     if not files:

@@ -1,6 +1,5 @@
 """dctnet_lite.train: targets, a tiny CPU training run, resume (plain and after SIGTERM), export."""
 import csv
-import os
 import signal
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from PIL import Image
 
 pytest.importorskip("lightning")
 
-from lightning.pytorch.callbacks import Callback  # noqa: E402
+from train_callbacks import ckpt  # noqa: E402
 
 from dctnet_lite import DCTNet, load  # noqa: E402
 from dctnet_lite.render import render_toon  # noqa: E402
@@ -20,13 +19,7 @@ from dctnet_lite.train import CartoonModule, export_checkpoint, make_target_sour
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions on a shared CPU are fastest (and steadiest) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -48,21 +41,6 @@ def args(photos, run, steps=2, *extra):
             "--trainer.log_every_n_steps", "1", "--trainer.num_sanity_val_steps", "0",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--checkpoint_every_n_steps", "2", *extra]
-
-
-def ckpt(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class SigtermAt(Callback):
-    """Sends this process a SIGTERM after optimizer step ``at_step``, like a preempting scheduler."""
-
-    def __init__(self, at_step: int = 2):
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, *_):
-        if trainer.global_step == self.at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 # ------------------------------------------------------------------------------------ targets
@@ -153,7 +131,7 @@ def test_resume_restores_step_optimizer_and_schedule(photos, tmp_path):
 
 def test_sigterm_saves_and_resume_continues(photos, tmp_path):
     run = tmp_path / "run"
-    sigterm = '[{"class_path": "test_train.SigtermAt", "init_args": {"at_step": 1}}]'
+    sigterm = '[{"class_path": "train_callbacks.SigtermAt", "init_args": {"at_step": 1}}]'
     rc = train_main(args(photos, run, 4, "--trainer.callbacks", sigterm, "--checkpoint_every_n_steps", "100"))
     assert rc == 128 + signal.SIGTERM
     saved = run / "checkpoints" / "on_exception.ckpt"
