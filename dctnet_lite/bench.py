@@ -364,6 +364,70 @@ def cold_start(checkpoint: Union[str, os.PathLike], resolution: int = 1024, devi
 
 
 # ---------------------------------------------------------------------------------------------
+# File to file
+# ---------------------------------------------------------------------------------------------
+def file_to_file(target: Union[str, int, os.PathLike], images: Union[str, os.PathLike, Sequence],
+                 size: Optional[int] = 1024, device: str = "cpu", precision: str = "auto",
+                 backend: str = "eager", limit: Optional[int] = 8, rounds: int = 2,
+                 ext: str = ".png", threads: Optional[int] = None) -> dict:
+    """End-to-end time per image file, split into stages, in a warm process.
+
+    Each image is read and decoded (EXIF, RGB; resized so its longer side is ``size`` with PIL on
+    the CPU), run (uint8 to the device, conversion, network, quantisation, uint8 back: the part
+    a faster forward pass shrinks) and encoded and written (PIL, atomically) to a temporary
+    folder. Every photo goes through ``rounds`` times; the first pass is a warm-up (allocator,
+    cuDNN autotuning) and only later ones are timed. Returns medians over the timed passes:
+    ``decode_ms``, ``model_ms``, ``encode_ms``, ``total_ms`` and ``model_share`` (model / total).
+    CUDA is synchronised at the end of the model stage (the uint8 result comes back to the host).
+    ``threads``: ``torch.set_num_threads`` for the run, restored afterwards.
+    """
+    from .evaluate import select_images
+    from .images import save_image
+    from .inference import Cartoonizer, _finish, resolve_device
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if rounds < 2:
+        raise ValueError("rounds must be >= 2 (the first is a warm-up)")
+    dev = resolve_device(device)
+    _, found = select_images(images, limit=limit)
+    label, model, path = _target_model(target)
+    cz = Cartoonizer(str(path) if path else model, device=dev, precision=precision,
+                     channels_last=backend == "channels_last", compile=backend == "compile",
+                     cuda_graphs=backend == "cudagraphs", buckets=backend in ("compile", "cudagraphs"))
+    stages: dict = {"decode": [], "model": [], "encode": [], "total": []}
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        with tempfile.TemporaryDirectory(prefix="dctnet-f2f-") as tmp:
+            for r in range(rounds):
+                for i, (photo, _) in enumerate(found):
+                    t0 = time.perf_counter()
+                    t, alpha, kind = cz._prepare(photo, size)
+                    t1 = time.perf_counter()
+                    out = cz._run_uint8(t, 1.0)
+                    t2 = time.perf_counter()
+                    save_image(_finish(out[0], alpha, kind), Path(tmp) / f"{i}{ext}")
+                    t3 = time.perf_counter()
+                    if r > 0:
+                        for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                            stages[k].append(v)
+    finally:
+        torch.set_num_threads(old_threads)
+    med = {f"{k}_ms": _percentile(v, 0.5) * 1e3 for k, v in stages.items()}
+    return {"target": label, "device": str(dev), "precision": cz.precision, "backend": backend,
+            "size": size, "images": len(found), "rounds": rounds, "threads": threads, **med,
+            "model_share": med["model_ms"] / med["total_ms"], "format": ext.lstrip(".")}
+
+
+def format_file_to_file(r: dict) -> str:
+    return (f"file to file {r['target']} {r['precision']} {r['backend']} @ {r['size']}px ({r['images']} files): "
+            f"total {r['total_ms']:.1f} ms = decode+resize {r['decode_ms']:.1f} + model {r['model_ms']:.1f} "
+            f"+ encode+write {r['encode_ms']:.1f} (model {100 * r['model_share']:.0f} %)")
+
+
+# ---------------------------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------------------------
 def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256, 512, 1024),

@@ -245,3 +245,110 @@ def test_cli_export_onnx(tmp_path, capsys):
     assert result["check"]["ok"] and result["check"]["max_abs_error"] < 1e-4
     assert result["check"]["metadata"]["checkpoint_sha256"]
     assert main(["export-onnx", "--checkpoint", str(tmp_path / "missing.safetensors"), "-o", str(out)]) == 1
+
+
+# ------------------------------------------------------------------------------ accuracy vs fp32
+@pytest.fixture
+def photo_dir(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i, (h, w) in enumerate([(40, 32), (24, 36)]):
+        Image.fromarray(portrait_like(h, w, seed=i)).save(d / f"p{i}.png")
+    return d
+
+
+def test_variant_accuracy_rows(photo_dir):
+    from dctnet_lite.accuracy import variant_accuracy
+
+    res = variant_accuracy(8, photo_dir, precisions=["fp32", "bf16"], backends=["eager", "channels_last",
+                                                                                 "cudagraphs"],
+                           size=None, lpips=False)
+    assert res["images"] == ["p0.png", "p1.png"] and res["target"] == "w8 (random init)"
+    rows = {(r["precision"], r["backend"]): r for r in res["rows"]}
+    assert set(rows) == {(p, b) for p in ("fp32", "bf16") for b in ("eager", "channels_last", "cudagraphs")}
+    assert "CUDA" in rows["fp32", "cudagraphs"]["error"]
+    exact = rows["fp32", "eager"]
+    assert exact["max_abs"] == 0 and exact["rel_l2"] == 0 and exact["within_bounds"]
+    assert rows["fp32", "channels_last"]["max_abs"] < 1e-4
+    bf = rows["bf16", "eager"]
+    assert 0 < bf["mean_abs"] <= bf["max_abs"] < 0.1 and 0 < bf["rel_l2"] < 0.05
+    assert bf["within_bounds"] and 0 <= bf["uint8_off_by_gt2"] < 0.05
+
+
+def test_variant_accuracy_flags_a_variant_outside_its_bounds(photo_dir, monkeypatch):
+    from dctnet_lite import accuracy
+
+    monkeypatch.setitem(accuracy.BOUNDS, "bf16", {"max_abs": 1e-7})
+    res = accuracy.variant_accuracy(8, photo_dir, precisions=["fp32", "bf16"], size=None, lpips=False)
+    assert [r["within_bounds"] for r in res["rows"]] == [True, False]
+    assert "OUT OF BOUNDS" in accuracy.format_accuracy(res)
+
+
+def test_variant_accuracy_lpips_and_refusals(photo_dir):
+    from dctnet_lite.accuracy import variant_accuracy
+
+    res = variant_accuracy(8, photo_dir / "p0.png", precisions=["bf16"], size=48)
+    (row,) = res["rows"]
+    assert 0 <= row["lpips_alex"] <= row["lpips_alex_max"] < 0.005
+    with pytest.raises(ValueError, match="precision"):
+        variant_accuracy(8, photo_dir, precisions=["int8"])
+    with pytest.raises(ValueError, match="backend"):
+        variant_accuracy(8, photo_dir, backends=["tensorrt"])
+    with pytest.raises(FileNotFoundError):
+        variant_accuracy(8, photo_dir / "missing")
+
+
+def test_tf32_off_restores_flags():
+    from dctnet_lite.accuracy import _tf32_off
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with _tf32_off():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_cli_accuracy(photo_dir, tmp_path, capsys, monkeypatch):
+    from dctnet_lite import accuracy
+    from dctnet_lite.cli import main
+
+    out = tmp_path / "acc.json"
+    rc = main(["accuracy", "--width", "8", "--images", str(photo_dir), "--precision", "fp32", "bf16",
+               "--no-lpips", "--output", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == "dctnet-lite-accuracy/1" and data["machine"]["torch"]
+    assert [r["precision"] for r in data["results"][0]["rows"]] == ["fp32", "bf16"]
+    assert "bf16  eager" in capsys.readouterr().out
+    monkeypatch.setitem(accuracy.BOUNDS, "bf16", {"max_abs": 1e-7})
+    assert main(["accuracy", "--width", "8", "--images", str(photo_dir), "--precision", "bf16",
+                 "--no-lpips"]) == 1
+    assert main(["accuracy", "--images", str(photo_dir)]) != 0
+
+
+# ------------------------------------------------------------------------------ file to file
+def test_file_to_file_stages(photo_dir):
+    from dctnet_lite.bench import file_to_file, format_file_to_file
+
+    r = file_to_file(8, photo_dir, size=48, precision="fp32", threads=1)
+    assert r["images"] == 2 and r["precision"] == "fp32" and r["size"] == 48
+    for k in ("decode_ms", "model_ms", "encode_ms"):
+        assert 0 < r[k] < r["total_ms"]
+    assert 0 < r["model_share"] < 1
+    assert "decode+resize" in format_file_to_file(r)
+    with pytest.raises(ValueError, match="rounds"):
+        file_to_file(8, photo_dir, rounds=1)
+    with pytest.raises(ValueError, match="CUDA"):
+        file_to_file(8, photo_dir, backend="cudagraphs")
+
+
+def test_cli_bench_files(photo_dir, capsys):
+    from dctnet_lite.cli import main
+
+    rc = main(["bench", "--width", "8", "--resolutions", "32", "--repeats", "1", "--warmup", "1",
+               "--no-cold-start", "--threads", "1", "--files", str(photo_dir), "--files-size", "40", "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    (f2f,) = data["file_to_file"]
+    assert f2f["target"] == "w8 (random init)" and f2f["images"] == 2 and f2f["total_ms"] > 0

@@ -1,0 +1,140 @@
+"""Accuracy of the fast-path variants (precision x backend) against the fp32 reference.
+
+``variant_accuracy(target, images)`` runs every (precision, backend) of the bench on real photos
+and compares each output with the same model's fp32 eager output on the same device, TF32 off
+(on CUDA, PyTorch's default lets cuDNN convolutions use TF32, which is itself an approximation).
+Per variant: the largest and mean absolute difference of the [0, 1] output, the relative L2 error
+``||y - y_ref|| / ||y_ref||``, the share of uint8 output values that differ by more than 2 levels,
+and LPIPS (alex) between the two outputs. ``BOUNDS`` states what a variant may lose; a variant
+outside them is flagged ``within_bounds: False`` (``dctnet-lite bench --accuracy`` then exits 1).
+
+Inputs are whole photos (longer side ``size``, aspect kept, Lanczos), not random noise: the
+network's activations on noise are not those of portraits.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .bench import BACKENDS, PRECISIONS, _target_model
+
+# What a variant may lose against fp32 (on the [0, 1] output). LPIPS 0.005 is half the smallest
+# step between our shipped widths (w56 vs w48 to the teacher: 0.0015 vs 0.0024 differ by ~0.001,
+# so this bound is generous there, but far below the w40-w48 step of ~0.026); mean abs 2/255 is
+# two uint8 levels; max abs 0.1 allows rare saturated pixels of half-precision tanh outputs.
+BOUNDS: Dict[str, Dict[str, float]] = {
+    "fp32": {"max_abs": 0.01, "mean_abs": 1 / 255, "lpips_alex": 0.001},
+    "fp16": {"max_abs": 0.1, "mean_abs": 2 / 255, "lpips_alex": 0.005},
+    "bf16": {"max_abs": 0.1, "mean_abs": 2 / 255, "lpips_alex": 0.005},
+}
+
+
+@contextlib.contextmanager
+def _tf32_off():
+    """Exact fp32 convolutions and matmuls on CUDA for the reference (no-op on CPU)."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
+def _cartoonizer(model, dev, precision: str, backend: str):
+    from .inference import Cartoonizer
+
+    return Cartoonizer(copy.deepcopy(model), device=dev, precision=precision,
+                       channels_last=backend == "channels_last", compile=backend == "compile",
+                       cuda_graphs=backend == "cudagraphs", buckets=False)
+
+
+def _compare(y: torch.Tensor, ref: torch.Tensor) -> dict:
+    d = (y - ref).abs()
+    q = lambda t: t.mul(255).round()  # noqa: E731  (the uint8 values a user gets)
+    return {"max_abs": float(d.max()), "sum_abs": float(d.sum()), "n": d.numel(),
+            "err_sq": float(((y - ref) ** 2).sum()), "ref_sq": float((ref ** 2).sum()),
+            "off_by_gt2": int(((q(y) - q(ref)).abs() > 2).sum())}
+
+
+def variant_accuracy(target: Union[str, int, os.PathLike], images: Union[str, os.PathLike, Sequence],
+                     precisions: Sequence[str] = PRECISIONS, backends: Sequence[str] = ("eager",),
+                     device: str = "cpu", size: Optional[int] = 512, limit: Optional[int] = 8,
+                     strength: float = 1.0, lpips: bool = True, split: Optional[str] = None) -> dict:
+    """Accuracy of each (precision, backend) against fp32 eager (TF32 off) on ``images``.
+
+    ``target``: a checkpoint name/path or a width (random init). ``images``: a folder, a file or
+    a list of files; ``split``/``limit`` select among them as in :func:`dctnet_lite.evaluate.select_images`.
+    Returns ``{"target", "device", "size", "strength", "images", "reference", "bounds", "rows"}``;
+    each row holds ``precision``, ``backend``, the metrics above, ``within_bounds`` and, for a
+    variant that cannot run here (fp16 on some CPUs, CUDA graphs without CUDA), ``error``.
+    """
+    from .evaluate import load_photo, select_images
+    from .inference import resolve_device
+
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    dev = resolve_device(device)
+    _, found = select_images(images, split=split, limit=limit)
+    label, model, _ = _target_model(target)
+    photos = [load_photo(p, size) for p, _ in found]
+
+    with _tf32_off():
+        ref_cz = _cartoonizer(model, dev, "fp32", "eager")
+        refs = [ref_cz.forward(x, strength).float().cpu() for x in photos]
+        del ref_cz
+
+    rows: List[dict] = []
+    for precision in precisions:
+        for backend in backends:
+            row = {"precision": precision, "backend": backend}
+            if backend == "cudagraphs" and dev.type != "cuda":
+                rows.append({**row, "error": "cudagraphs needs a CUDA device"})
+                continue
+            try:
+                cz = _cartoonizer(model, dev, precision, backend)
+                outs = [cz.forward(x, strength).float().cpu() for x in photos]
+                del cz
+            except Exception as e:  # one variant that cannot run here must not end the check
+                rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+                continue
+            parts = [_compare(y, r) for y, r in zip(outs, refs)]
+            n = sum(p["n"] for p in parts)
+            row.update(max_abs=max(p["max_abs"] for p in parts),
+                       mean_abs=sum(p["sum_abs"] for p in parts) / n,
+                       rel_l2=(sum(p["err_sq"] for p in parts) / max(sum(p["ref_sq"] for p in parts), 1e-30)) ** 0.5,
+                       uint8_off_by_gt2=sum(p["off_by_gt2"] for p in parts) / n)
+            if lpips:
+                from .evaluate import lpips as lpips_fn
+
+                vals = [float(lpips_fn(y, r, net="alex")[0]) for y, r in zip(outs, refs)]
+                row.update(lpips_alex=sum(vals) / len(vals), lpips_alex_max=max(vals))
+            bound = BOUNDS[precision]
+            row["within_bounds"] = all(row[k] <= v for k, v in bound.items() if k in row)
+            rows.append(row)
+    return {"target": label, "device": str(dev), "size": size, "strength": strength,
+            "images": [rel for _, rel in found], "reference": "fp32 eager, TF32 off, same device",
+            "bounds": BOUNDS, "rows": rows}
+
+
+def format_accuracy(result: dict) -> str:
+    """Plain-text table of a :func:`variant_accuracy` result."""
+    lines = [f"accuracy of {result['target']} vs {result['reference']} ({result['device']}, "
+             f"{len(result['images'])} photos, {result['size']} px, strength {result['strength']:g})"]
+    for r in result["rows"]:
+        head = f"  {r['precision']:<5} {r['backend']:<14}"
+        if "error" in r:
+            lines.append(f"{head} ERROR {r['error']}")
+            continue
+        lp = f"  LPIPS {r['lpips_alex']:.5f} (max {r['lpips_alex_max']:.5f})" if "lpips_alex" in r else ""
+        lines.append(f"{head} max|d| {r['max_abs']:.4f}  mean|d| {r['mean_abs']:.5f}  rel L2 {r['rel_l2']:.2e}  "
+                     f">2 levels {100 * r['uint8_off_by_gt2']:.3f} %{lp}  "
+                     f"{'ok' if r['within_bounds'] else 'OUT OF BOUNDS'}")
+    return "\n".join(lines)
