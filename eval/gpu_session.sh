@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of eval/PERF.md in one run (about 8-10 minutes on an H100), results in $OUT:
+# Every GPU figure of eval/PERF.md, results in $OUT. Not yet run on a GPU, so its duration is unknown;
+# `fast` compiles per shape and is expected to take longest.
 #
 #   OUT=/some/dir bash eval/gpu_session.sh                 # all stages, in order
 #   OUT=/some/dir bash eval/gpu_session.sh fast accuracy   # some stages (one device call each
@@ -13,7 +14,7 @@
 #   *.log           what each step printed
 #
 # Photos: $PHOTOS (default ../shared/data/portraits/train, else the astronaut sample of scikit-image).
-# Afterwards: add gpu.json to `extra_bench` of eval/quality_vs_latency.yaml and fill eval/PERF.md.
+# Afterwards: add gpu.json and gpu_fast.json to `extra_bench` of eval/quality_vs_latency.yaml and fill eval/PERF.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to a folder for the results}
