@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .bench import BACKENDS, PRECISIONS, _target_model
+from .bench import PRECISIONS, _target_model, check_variants, variant_cartoonizer
 
 # What a variant may lose against fp32 (on the [0, 1] output). LPIPS 0.005: a fifth of the step
 # from toon-w48 to toon-w40 (0.0024 -> 0.0280 LPIPS to the teacher), i.e. far less than trading
@@ -42,14 +42,6 @@ def _tf32_off():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
-
-
-def _cartoonizer(model, dev, precision: str, backend: str):
-    from .inference import Cartoonizer
-
-    return Cartoonizer(copy.deepcopy(model), device=dev, precision=precision,
-                       channels_last=backend == "channels_last", compile=backend == "compile",
-                       cuda_graphs=backend == "cudagraphs", buckets=False)
 
 
 def _compare(y: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -75,19 +67,14 @@ def variant_accuracy(target: Union[str, int, os.PathLike], images: Union[str, os
     from .evaluate import load_photo, select_images
     from .inference import resolve_device
 
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
-    for b in backends:
-        if b not in BACKENDS:
-            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    check_variants(precisions, backends)
     dev = resolve_device(device)
     _, found = select_images(images, split=split, limit=limit)
     label, model, _ = _target_model(target)
     photos = [load_photo(p, size) for p, _ in found]
 
     with _tf32_off():
-        ref_cz = _cartoonizer(model, dev, "fp32", "eager")
+        ref_cz = variant_cartoonizer(copy.deepcopy(model), dev, "fp32", "eager")
         refs = [ref_cz.forward(x, strength).float().cpu() for x in photos]
         del ref_cz
 
@@ -99,7 +86,7 @@ def variant_accuracy(target: Union[str, int, os.PathLike], images: Union[str, os
                 rows.append({**row, "error": "cudagraphs needs a CUDA device"})
                 continue
             try:
-                cz = _cartoonizer(model, dev, precision, backend)
+                cz = variant_cartoonizer(copy.deepcopy(model), dev, precision, backend)
                 outs = [cz.forward(x, strength).float().cpu() for x in photos]
                 del cz
             except Exception as e:  # one variant that cannot run here must not end the check

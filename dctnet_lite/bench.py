@@ -46,6 +46,7 @@ never measured here: compare against it only with the same resolution and batch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -209,6 +210,37 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+def check_variants(precisions: Sequence[str] = (), backends: Sequence[str] = ()) -> None:
+    """ValueError naming the first unknown backend or precision."""
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+
+
+def variant_cartoonizer(source, device, precision: str, backend: str, buckets=False):
+    """The :class:`Cartoonizer` of one (precision, backend) variant of the bench."""
+    from .inference import Cartoonizer
+
+    return Cartoonizer(source, device=device, precision=precision,
+                       channels_last=backend == "channels_last", compile=backend == "compile",
+                       cuda_graphs=backend == "cudagraphs", buckets=buckets)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]):
+    """``torch.set_num_threads(threads)`` inside (no change when falsy), restored afterwards."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 # ---------------------------------------------------------------------------------------------
 # One row
 # ---------------------------------------------------------------------------------------------
@@ -247,14 +279,11 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     """
     import copy
 
-    from .inference import Cartoonizer, resolve_device
+    from .inference import resolve_device
     from .profile import count_macs, count_params
 
     dev = resolve_device(device)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_variants([precision], [backend])
     if warmup < 1 or repeats < 1:
         raise ValueError("warmup and repeats must be >= 1")
     arch = model.config
@@ -268,9 +297,7 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     cz = None
     try:
         source = str(checkpoint) if checkpoint is not None else copy.deepcopy(model)
-        cz = Cartoonizer(source, device=dev, precision=precision,
-                         channels_last=backend == "channels_last", compile=backend == "compile",
-                         cuda_graphs=backend == "cudagraphs", buckets=False)
+        cz = variant_cartoonizer(source, dev, precision, backend)
         row["load_seconds"] = cz.load_seconds
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(batch, 3, resolution, resolution, generator=gen).to(dev)
@@ -383,38 +410,30 @@ def file_to_file(target: Union[str, int, os.PathLike], images: Union[str, os.Pat
     """
     from .evaluate import select_images
     from .images import save_image
-    from .inference import Cartoonizer, _finish, resolve_device
+    from .inference import _finish, resolve_device
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    check_variants(backends=[backend])
     if rounds < 2:
         raise ValueError("rounds must be >= 2 (the first is a warm-up)")
     dev = resolve_device(device)
     _, found = select_images(images, limit=limit)
     label, model, path = _target_model(target)
-    cz = Cartoonizer(str(path) if path else model, device=dev, precision=precision,
-                     channels_last=backend == "channels_last", compile=backend == "compile",
-                     cuda_graphs=backend == "cudagraphs", buckets=backend in ("compile", "cudagraphs"))
+    cz = variant_cartoonizer(str(path) if path else model, dev, precision, backend,
+                             buckets=backend in ("compile", "cudagraphs"))
     stages: dict = {"decode": [], "model": [], "encode": [], "total": []}
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        with tempfile.TemporaryDirectory(prefix="dctnet-f2f-") as tmp:
-            for r in range(rounds):
-                for i, (photo, _) in enumerate(found):
-                    t0 = time.perf_counter()
-                    t, alpha, kind = cz._prepare(photo, size)
-                    t1 = time.perf_counter()
-                    out = cz._run_uint8(t, 1.0)
-                    t2 = time.perf_counter()
-                    save_image(_finish(out[0], alpha, kind), Path(tmp) / f"{i}{ext}")
-                    t3 = time.perf_counter()
-                    if r > 0:
-                        for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
-                            stages[k].append(v)
-    finally:
-        torch.set_num_threads(old_threads)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="dctnet-f2f-") as tmp:
+        for r in range(rounds):
+            for i, (photo, _) in enumerate(found):
+                t0 = time.perf_counter()
+                t, alpha, kind = cz._prepare(photo, size)
+                t1 = time.perf_counter()
+                out = cz._run_uint8(t, 1.0)
+                t2 = time.perf_counter()
+                save_image(_finish(out[0], alpha, kind), Path(tmp) / f"{i}{ext}")
+                t3 = time.perf_counter()
+                if r > 0:
+                    for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                        stages[k].append(v)
     med = {f"{k}_ms": _percentile(v, 0.5) * 1e3 for k, v in stages.items()}
     return {"target": label, "device": str(dev), "precision": cz.precision, "backend": backend,
             "size": size, "images": len(found), "rounds": rounds, "threads": threads, **med,
@@ -448,21 +467,13 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
     t_start = time.perf_counter()
     if not targets:
         raise ValueError("nothing to benchmark: give at least one checkpoint or width")
-    for b in backends:
-        if b not in BACKENDS:
-            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    check_variants(precisions, backends)
     if any(int(r) < 16 for r in resolutions) or any(int(b) < 1 for b in batches):
         raise ValueError("resolutions must be >= 16 px and batches >= 1")
     dev = resolve_device(device)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
     rows, colds = [], []
     cold_size = int(cold_start_size or max(resolutions))
-    try:
+    with torch_threads(threads):
         for target in targets:
             label, model, path = _target_model(target)
             for precision in precisions:
@@ -482,10 +493,8 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
                     c = colds[-1]
                     print(f"[cold start] {label}: " + (c.get("error") or f"{c['total_s']:.2f} s total"),
                           file=sys.stderr, flush=True)
-    finally:
-        torch.set_num_threads(old_threads)
     machine = machine_info(dev)
-    machine["torch_threads"] = int(threads) if threads else old_threads
+    machine["torch_threads"] = int(threads) if threads else torch.get_num_threads()
     return {
         "schema": SCHEMA, "measured": True, "machine": machine,
         "settings": {"targets": [str(t) for t in targets], "resolutions": [int(r) for r in resolutions],

@@ -168,17 +168,39 @@ def _cmd_eval(a) -> int:
     return EXIT_OK
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="latency, throughput, memory and cold start on this machine",
-                       description="Benchmark checkpoints or random-init widths (see eval/README.md).")
+def _add_variant_args(p, default_precisions: List[str]) -> None:
+    """Targets and fast-path variants shared by ``bench`` and ``accuracy``."""
     p.add_argument("--checkpoint", nargs="+", default=[], help="checkpoint names or paths")
     p.add_argument("--width", nargs="+", type=int, default=[], help="base widths (random init)")
-    p.add_argument("--resolutions", nargs="+", type=int, default=[256, 512, 1024])
-    p.add_argument("--batch", nargs="+", type=int, default=[1])
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", nargs="+", default=default_precisions, choices=["fp32", "fp16", "bf16"])
     p.add_argument("--backend", nargs="+", default=["eager"],
                    choices=["eager", "channels_last", "compile", "cudagraphs"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def _variant_targets(a) -> list:
+    targets = list(a.checkpoint) + list(a.width)
+    if not targets:
+        raise CLIError("give --checkpoint NAME/PATH ... and/or --width N ...")
+    return targets
+
+
+def _emit_json(a, result: dict, table: str) -> None:
+    """Write ``result`` to ``--output`` (atomically) if given; print it (``--json``) or ``table``."""
+    from .fileutil import atomic_write_bytes
+
+    text = json.dumps(result, indent=2)
+    if a.output:
+        atomic_write_bytes(a.output, (text + "\n").encode())
+    print(text if a.json else table)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency, throughput, memory and cold start on this machine",
+                       description="Benchmark checkpoints or random-init widths (see eval/README.md).")
+    _add_variant_args(p, ["fp32"])
+    p.add_argument("--resolutions", nargs="+", type=int, default=[256, 512, 1024])
+    p.add_argument("--batch", nargs="+", type=int, default=[1])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -195,11 +217,8 @@ def _add_bench(sub) -> None:
 
 def _cmd_bench(a) -> int:
     from .bench import bench, file_to_file, format_file_to_file, format_table
-    from .fileutil import atomic_write_bytes
 
-    targets = list(a.checkpoint) + list(a.width)
-    if not targets:
-        raise CLIError("give --checkpoint NAME/PATH ... and/or --width N ...")
+    targets = _variant_targets(a)
     result = bench(targets, resolutions=a.resolutions, batches=a.batch, precisions=a.precision,
                    backends=a.backend, device=a.device, threads=a.threads, warmup=a.warmup,
                    repeats=a.repeats, cold_start=not a.no_cold_start, progress=sys.stderr.isatty())
@@ -207,11 +226,8 @@ def _cmd_bench(a) -> int:
         result["file_to_file"] = [file_to_file(t, a.files, size=a.files_size, device=a.device,
                                                precision=a.precision[0], backend=a.backend[0],
                                                limit=a.files_limit, threads=a.threads) for t in targets]
-    text = json.dumps(result, indent=2)
-    if a.output:
-        atomic_write_bytes(a.output, (text + "\n").encode())
-    print(text if a.json else "\n".join([format_table(result)] +
-                                        [format_file_to_file(r) for r in result.get("file_to_file", [])]))
+    _emit_json(a, result, "\n".join([format_table(result)] +
+                                     [format_file_to_file(r) for r in result.get("file_to_file", [])]))
     return EXIT_FAILED if any("error" in r for r in result["rows"]) else EXIT_OK
 
 
@@ -220,17 +236,12 @@ def _add_accuracy(sub) -> None:
                        description="Compare each precision x backend with the fp32 eager output (TF32 off) "
                                    "on real photos: max/mean abs error, relative L2, LPIPS; exit 1 when a "
                                    "variant is outside dctnet_lite.accuracy.BOUNDS or fails.")
-    p.add_argument("--checkpoint", nargs="+", default=[], help="checkpoint names or paths")
-    p.add_argument("--width", nargs="+", type=int, default=[], help="base widths (random init)")
+    _add_variant_args(p, ["fp32", "fp16", "bf16"])
     p.add_argument("--images", required=True, help="folder (recursive) or file of photos")
     p.add_argument("--split", default=None, help="keep one split of the photos (e.g. val)")
     p.add_argument("--limit", type=int, default=8, help="first N photos (default 8)")
     p.add_argument("--size", type=int, default=512, help="longer side in px (default 512)")
     p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--precision", nargs="+", default=["fp32", "fp16", "bf16"], choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--backend", nargs="+", default=["eager"],
-                   choices=["eager", "channels_last", "compile", "cudagraphs"])
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (no lpips package needed)")
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -239,21 +250,14 @@ def _add_accuracy(sub) -> None:
 
 def _cmd_accuracy(a) -> int:
     from .accuracy import format_accuracy, variant_accuracy
-    from .fileutil import atomic_write_bytes
     from .machine import machine_info
 
-    targets = list(a.checkpoint) + list(a.width)
-    if not targets:
-        raise CLIError("give --checkpoint NAME/PATH ... and/or --width N ...")
     results = [variant_accuracy(t, a.images, precisions=a.precision, backends=a.backend, device=a.device,
                                 size=a.size, limit=a.limit, strength=a.strength, lpips=not a.no_lpips,
-                                split=a.split) for t in targets]
+                                split=a.split) for t in _variant_targets(a)]
     out = {"schema": "dctnet-lite-accuracy/1", "machine": machine_info(results[0]["device"]),
            "results": results}
-    text = json.dumps(out, indent=2)
-    if a.output:
-        atomic_write_bytes(a.output, (text + "\n").encode())
-    print(text if a.json else "\n".join(format_accuracy(r) for r in results))
+    _emit_json(a, out, "\n".join(format_accuracy(r) for r in results))
     rows = [r for res in results for r in res["rows"]]
     return EXIT_FAILED if any("error" in r or not r.get("within_bounds", False) for r in rows) else EXIT_OK
 
