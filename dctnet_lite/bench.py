@@ -220,13 +220,13 @@ def check_variants(precisions: Sequence[str] = (), backends: Sequence[str] = ())
             raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
 
 
-def variant_cartoonizer(source, device, precision: str, backend: str, buckets=False):
+def variant_cartoonizer(source, device, precision: str, backend: str, buckets=False, resize: str = "auto"):
     """The :class:`Cartoonizer` of one (precision, backend) variant of the bench."""
     from .inference import Cartoonizer
 
     return Cartoonizer(source, device=device, precision=precision,
                        channels_last=backend == "channels_last", compile=backend == "compile",
-                       cuda_graphs=backend == "cudagraphs", buckets=buckets)
+                       cuda_graphs=backend == "cudagraphs", buckets=buckets, resize=resize)
 
 
 @contextlib.contextmanager
@@ -396,21 +396,29 @@ def cold_start(checkpoint: Union[str, os.PathLike], resolution: int = 1024, devi
 def file_to_file(target: Union[str, int, os.PathLike], images: Union[str, os.PathLike, Sequence],
                  size: Optional[int] = 1024, device: str = "cpu", precision: str = "auto",
                  backend: str = "eager", limit: Optional[int] = 8, rounds: int = 2,
-                 ext: str = ".png", threads: Optional[int] = None) -> dict:
+                 ext: str = ".png", threads: Optional[int] = None, resize: str = "auto",
+                 workers: Optional[int] = None, png_level: Optional[int] = None) -> dict:
     """End-to-end time per image file, split into stages, in a warm process.
 
-    Each image is read and decoded (EXIF, RGB; resized so its longer side is ``size`` with PIL on
-    the CPU), run (uint8 to the device, conversion, network, quantisation, uint8 back: the part
-    a faster forward pass shrinks) and encoded and written (PIL, atomically) to a temporary
-    folder. Every photo goes through ``rounds`` times; the first pass is a warm-up (allocator,
-    cuDNN autotuning) and only later ones are timed. Returns medians over the timed passes:
-    ``decode_ms``, ``model_ms``, ``encode_ms``, ``total_ms`` and ``model_share`` (model / total).
-    CUDA is synchronised at the end of the model stage (the uint8 result comes back to the host).
+    Each image is read and decoded (EXIF, RGB; with ``resize="host"`` also scaled so its longer
+    side is ``size`` by Pillow), run (uint8 to the device, conversion, with ``resize="device"``
+    the scaling, network, quantisation, uint8 back: the part a faster forward pass shrinks) and
+    encoded and written (Pillow, atomically) to a temporary folder. Every photo goes through
+    ``rounds`` times; the first pass is a warm-up (allocator, cuDNN autotuning) and only later
+    ones are timed. Returns medians over the timed passes: ``decode_ms``, ``model_ms``,
+    ``encode_ms``, ``total_ms`` and ``model_share`` (model / total). CUDA is synchronised at the
+    end of the model stage (the uint8 result comes back to the host).
+
+    Then the same files go through :func:`~dctnet_lite.inference.cartoonize_files` at batch 1,
+    ``rounds - 1`` times each way: one file after the other (``workers=0``) and with reading and
+    writing overlapped (``workers``, default :func:`~dctnet_lite.inference.default_workers`):
+    ``sequential_ms`` and ``pipelined_ms`` are the wall time per file (total / files).
     ``threads``: ``torch.set_num_threads`` for the run, restored afterwards.
     """
     from .evaluate import select_images
     from .images import save_image
-    from .inference import _finish, resolve_device
+    from .images import DEFAULT_PNG_LEVEL
+    from .inference import _finish, cartoonize_files, default_workers, resolve_device
 
     check_variants(backends=[backend])
     if rounds < 2:
@@ -419,31 +427,50 @@ def file_to_file(target: Union[str, int, os.PathLike], images: Union[str, os.Pat
     _, found = select_images(images, limit=limit)
     label, model, path = _target_model(target)
     cz = variant_cartoonizer(str(path) if path else model, dev, precision, backend,
-                             buckets=backend in ("compile", "cudagraphs"))
+                             buckets=backend in ("compile", "cudagraphs"), resize=resize)
+    png_level = DEFAULT_PNG_LEVEL if png_level is None else int(png_level)
+    workers = default_workers(dev) if workers is None else int(workers)
     stages: dict = {"decode": [], "model": [], "encode": [], "total": []}
+    wall: dict = {"sequential": [], "pipelined": []}
+    photos = [photo for photo, _ in found]
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="dctnet-f2f-") as tmp:
         for r in range(rounds):
-            for i, (photo, _) in enumerate(found):
+            for i, photo in enumerate(photos):
                 t0 = time.perf_counter()
-                t, alpha, kind = cz._prepare(photo, size)
+                p = cz._prepare(photo, size, pin=True)
                 t1 = time.perf_counter()
-                out = cz._run_uint8(t, 1.0)
+                out = cz._run_uint8(p.pixels, 1.0, p.hw)
                 t2 = time.perf_counter()
-                save_image(_finish(out[0], alpha, kind), Path(tmp) / f"{i}{ext}")
+                save_image(_finish(out[0], p.alpha, p.kind), Path(tmp) / f"{i}{ext}", png_level=png_level)
                 t3 = time.perf_counter()
                 if r > 0:
                     for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                         stages[k].append(v)
-    med = {f"{k}_ms": _percentile(v, 0.5) * 1e3 for k, v in stages.items()}
+        for r in range(rounds - 1):
+            for way, n in (("sequential", 0), ("pipelined", workers)):
+                rep = cartoonize_files(photos, Path(tmp) / way, cartoonizer=cz, size=size, ext=ext,
+                                       batch_size=1, workers=n, png_level=png_level, progress=False)
+                if rep.failed:
+                    raise RuntimeError(f"file-to-file run failed: {rep.failed[0]}")
+                wall[way].append(rep.seconds / len(photos))
+    med = {f"{k}_ms": _percentile(v, 0.5) * 1e3 for k, v in {**stages, **wall}.items()}
     return {"target": label, "device": str(dev), "precision": cz.precision, "backend": backend,
-            "size": size, "images": len(found), "rounds": rounds, "threads": threads, **med,
+            "size": size, "images": len(found), "rounds": rounds, "threads": threads,
+            "resize": cz.resize, "workers": workers, "png_level": png_level, **med,
             "model_share": med["model_ms"] / med["total_ms"], "format": ext.lstrip(".")}
 
 
 def format_file_to_file(r: dict) -> str:
-    return (f"file to file {r['target']} {r['precision']} {r['backend']} @ {r['size']}px ({r['images']} files): "
-            f"total {r['total_ms']:.1f} ms = decode+resize {r['decode_ms']:.1f} + model {r['model_ms']:.1f} "
+    on_host = r.get("resize", "host") == "host"
+    text = (f"file to file {r['target']} {r['precision']} {r['backend']} @ {r['size']}px ({r['images']} files): "
+            f"total {r['total_ms']:.1f} ms = decode{'+resize' if on_host else ''} {r['decode_ms']:.1f} "
+            f"+ {'model' if on_host else 'resize+model'} {r['model_ms']:.1f} "
             f"+ encode+write {r['encode_ms']:.1f} (model {100 * r['model_share']:.0f} %)")
+    if "pipelined_ms" in r:
+        text += (f"; cartoonize_files per file: one after the other {r['sequential_ms']:.1f} ms, "
+                 f"overlapped ({r['workers']} reader/writer threads) {r['pipelined_ms']:.1f} ms "
+                 f"({r['sequential_ms'] / r['pipelined_ms']:.2f}x)")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

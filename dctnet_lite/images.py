@@ -98,8 +98,13 @@ def compose(rgb: np.ndarray, alpha: Optional[np.ndarray]) -> Image.Image:
     return img
 
 
-def save_image(img: Image.Image, path, quality: int = 95) -> None:
-    """Write atomically; formats without alpha get the image composited over white."""
+#: zlib level of PNG outputs: Pillow's default (level 1 is about 3x faster, files ~20 % larger).
+DEFAULT_PNG_LEVEL = 6
+
+
+def save_image(img: Image.Image, path, quality: int = 95, png_level: int = DEFAULT_PNG_LEVEL) -> None:
+    """Write atomically; formats without alpha get the image composited over white.
+    ``quality``: JPEG / WebP quality; ``png_level``: PNG zlib level 0-9."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     fmt = {"jpg": "jpeg", "tif": "tiff"}.get(fmt, fmt)
@@ -108,7 +113,8 @@ def save_image(img: Image.Image, path, quality: int = 95) -> None:
         bg.paste(img, mask=img.getchannel("A"))
         img = bg
     buf = io.BytesIO()
-    kwargs = {"quality": quality} if fmt in ("jpeg", "webp") else {}
+    kwargs = ({"quality": quality} if fmt in ("jpeg", "webp") else
+              {"compress_level": int(png_level)} if fmt == "png" else {})
     try:
         img.save(buf, format=fmt.upper() if fmt else "PNG", **kwargs)
     except (KeyError, ValueError) as e:

@@ -187,9 +187,10 @@ class FilesData(L.LightningDataModule):
 class FilesWriter(BasePredictionWriter):
     """Writes each batch's outputs atomically; gathers ok/failed records at the end."""
 
-    def __init__(self, plan: List[Tuple[str, str]], report_path: Optional[str] = None):
+    def __init__(self, plan: List[Tuple[str, str]], report_path: Optional[str] = None,
+                 png_level: int = imio.DEFAULT_PNG_LEVEL):
         super().__init__(write_interval="batch")
-        self.plan, self.report_path = plan, report_path
+        self.plan, self.report_path, self.png_level = plan, report_path, png_level
         self.ok: List[Tuple[int, str, str]] = []
         self.failed: List[Tuple[int, str, str]] = []
         self.done: set = set()
@@ -207,7 +208,7 @@ class FilesWriter(BasePredictionWriter):
                 self.failed.append((i, src, rec["error"]))
                 continue
             try:
-                imio.save_image(imio.compose(rec["rgb"], rec["alpha"]), dst)
+                imio.save_image(imio.compose(rec["rgb"], rec["alpha"]), dst, png_level=self.png_level)
                 self.ok.append((i, src, dst))
             except (OSError, ValueError) as e:
                 self.failed.append((i, src, f"could not write {dst}: {e}"))
@@ -234,7 +235,8 @@ def predict_files(inputs: Iterable, out_dir, checkpoint=None, *, devices=1, stra
                   accelerator: str = "auto", num_nodes: int = 1, strength: float = 1.0,
                   size: Optional[int] = None, batch_size: int = 1, precision: str = "fp32",
                   tile: Optional[int] = None, ext: str = ".png", overwrite_inputs: bool = False,
-                  num_workers: int = 0, verbose: bool = False) -> PredictReport:
+                  num_workers: int = 0, verbose: bool = False,
+                  png_level: int = imio.DEFAULT_PNG_LEVEL) -> PredictReport:
     """Cartoonize files, folders and globs into ``out_dir`` with ``Trainer.predict``.
 
     ``devices`` / ``strategy`` / ``accelerator`` / ``num_nodes`` go to the Lightning ``Trainer``
@@ -270,7 +272,7 @@ def predict_files(inputs: Iterable, out_dir, checkpoint=None, *, devices=1, stra
     fd, report_path = tempfile.mkstemp(prefix="dctnet-lite-predict-", suffix=".json")
     os.close(fd)
     os.unlink(report_path)  # rank 0 creates it (read back here under ddp_spawn)
-    writer = FilesWriter(plan_s, report_path)
+    writer = FilesWriter(plan_s, report_path, png_level=png_level)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                         callbacks=[writer], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False,

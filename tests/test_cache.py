@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -155,9 +156,9 @@ def counted(tiny_model):
     calls = []
     real = cz._run_uint8
 
-    def run(batch, strength):
-        calls.append(batch.shape[0])
-        return real(batch, strength)
+    def run(batch, strength, hw=None):
+        calls.append(batch.shape[0] if isinstance(batch, torch.Tensor) else len(batch))
+        return real(batch, strength, hw)
 
     cz._run_uint8 = run
     return cz, calls

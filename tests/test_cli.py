@@ -23,6 +23,21 @@ def test_cartoonize_end_to_end(tiny_ckpt, image_folder, tmp_path, capsys):
     assert sizes == {"a.png": (32, 23), "b.png": (32, 23), "c.png": (20, 32)}
 
 
+def test_cartoonize_overlap_png_level_and_device_resize_options(tiny_ckpt, image_folder, tmp_path, capsys):
+    base = ["cartoonize", str(image_folder), "--checkpoint", str(tiny_ckpt), "--size", "32", "--json"]
+    assert main(base + ["-o", str(tmp_path / "a"), "--workers", "0", "--png-level", "0"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert main(base + ["-o", str(tmp_path / "b"), "--workers", "2", "--png-level", "9",
+                        "--resize", "device"]) == 0
+    b = json.loads(capsys.readouterr().out)
+    assert [Path(o).name for _, o in a["ok"]] == [Path(o).name for _, o in b["ok"]]
+    for (_, oa), (_, ob) in zip(a["ok"], b["ok"]):
+        assert Image.open(oa).size == Image.open(ob).size
+        assert Path(oa).stat().st_size > Path(ob).stat().st_size  # stored vs compressed
+    rc = main(base + ["-o", str(tmp_path / "c"), "--resize", "device", "--devices", "2"])
+    assert rc == 1 and "--resize device works in single-process runs only" in capsys.readouterr().err
+
+
 def test_cartoonize_broken_file_exits_nonzero_but_writes_the_rest(tiny_ckpt, image_folder, tmp_path, capsys):
     (image_folder / "zz-broken.jpg").write_bytes(b"\xff\xd8 nope")
     rc = main(["cartoonize", str(image_folder / "*.*"), "-o", str(tmp_path / "o"), "--checkpoint",

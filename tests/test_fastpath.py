@@ -336,7 +336,14 @@ def test_file_to_file_stages(photo_dir):
     for k in ("decode_ms", "model_ms", "encode_ms"):
         assert 0 < r[k] < r["total_ms"]
     assert 0 < r["model_share"] < 1
-    assert "decode+resize" in format_file_to_file(r)
+    assert r["resize"] == "host" and r["workers"] == 1 and r["png_level"] == 6
+    assert r["sequential_ms"] > 0 and r["pipelined_ms"] > 0
+    text = format_file_to_file(r)
+    assert "decode+resize" in text and "overlapped (1 reader/writer threads)" in text
+    d = file_to_file(8, photo_dir, size=48, precision="fp32", threads=1, resize="device", workers=2,
+                     png_level=1)
+    assert (d["resize"], d["workers"], d["png_level"]) == ("device", 2, 1)
+    assert "resize+model" in format_file_to_file(d)
     with pytest.raises(ValueError, match="rounds"):
         file_to_file(8, photo_dir, rounds=1)
     with pytest.raises(ValueError, match="CUDA"):

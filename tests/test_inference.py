@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,104 @@ def test_jpeg_output_of_rgba_is_composited(cz, tmp_path):
     rep = cartoonize_files([tmp_path / "t.png"], tmp_path / "o", cartoonizer=cz, ext="jpg")
     out = Image.open(rep.ok[0][1])
     assert out.mode == "RGB" and np.asarray(out).min() > 240  # fully transparent -> white
+
+
+# ------------------------------------------------------------------ resize on the device
+def test_device_resize_is_close_to_pillow_lanczos():
+    from dctnet_lite.inference import resize_on_device
+
+    arr = portrait_like(90, 120, 4)
+    ref = np.asarray(Image.fromarray(arr).resize((48, 36), Image.Resampling.LANCZOS)).astype(int)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+    y = resize_on_device(x, (36, 48))
+    assert y.shape == (1, 3, 36, 48) and 0 <= y.min() and y.max() <= 1
+    got = (y[0].permute(1, 2, 0) * 255).round().numpy().astype(int)
+    assert np.abs(got - ref).mean() < 2.0  # the two filters agree to ~1 grey level on average
+    up = resize_on_device(x, (180, 240))  # upscaling too, clamped to [0, 1]
+    assert up.shape == (1, 3, 180, 240) and 0 <= up.min() and up.max() <= 1
+    assert resize_on_device(x, (90, 120)) is x
+
+
+def test_resize_modes_give_the_asked_size_and_nearly_the_same_image(tiny_model, tmp_path):
+    Image.fromarray(portrait_like(80, 120, 5)).save(tmp_path / "p.png")
+    host = Cartoonizer(tiny_model, device="cpu", resize="host")
+    dev = Cartoonizer(tiny_model, device="cpu", resize="device")
+    assert Cartoonizer(tiny_model, device="cpu").resize == "host"  # auto on CPU
+    a, b = host(tmp_path / "p.png", size=60), dev(tmp_path / "p.png", size=60)
+    assert a.size == b.size == (60, 40)
+    assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).mean() < 3.0
+    # no size: nothing to resize, identical results
+    assert np.array_equal(np.asarray(host(tmp_path / "p.png")), np.asarray(dev(tmp_path / "p.png")))
+    with pytest.raises(ValueError, match="resize"):
+        Cartoonizer(tiny_model, device="cpu", resize="gpu")
+
+
+def test_device_resize_batches_different_sources_of_one_target_size(tiny_model):
+    cz = Cartoonizer(tiny_model, device="cpu", resize="device")
+    calls = []
+    real = cz._run_uint8
+    cz._run_uint8 = lambda batch, s, hw=None: calls.append(len(batch)) or real(batch, s, hw)
+    imgs = [portrait_like(60, 80, 1), portrait_like(30, 40, 2), portrait_like(90, 120, 3)]
+    outs = cz.batch(imgs, size=40, batch_size=8)
+    assert calls == [3] and all(o.shape == (30, 40, 3) for o in outs)
+    for im, o in zip(imgs, outs):  # batched = one at a time
+        assert np.abs(o.astype(int) - cz(im, size=40).astype(int)).max() <= 1
+
+
+def test_device_resize_has_its_own_cache_keys(tiny_model):
+    host = Cartoonizer(tiny_model, device="cpu", resize="host")
+    dev = Cartoonizer(tiny_model, device="cpu", resize="device")
+    assert host._cache_key(b"x", 1.0, 64) != dev._cache_key(b"x", 1.0, 64)
+    assert host._cache_key(b"x", 1.0, None) == dev._cache_key(b"x", 1.0, None)
+
+
+# ------------------------------------------------------------------ overlapped file batches
+def _files(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, (h, w) in enumerate([(40, 56), (40, 56), (33, 21), (40, 56), (64, 48), (40, 56)]):
+        Image.fromarray(portrait_like(h, w, i)).save(d / f"{i}.png")
+    (d / "3b.png").write_bytes(b"broken")  # sorted between 3.png and 4.png
+    return d
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_overlapped_files_equal_sequential(tiny_model, tmp_path, workers):
+    d = _files(tmp_path)
+    cz = Cartoonizer(tiny_model, device="cpu")
+    seq = cartoonize_files([d], tmp_path / "seq", cartoonizer=cz, batch_size=2, workers=0, size=48)
+    par = cartoonize_files([d], tmp_path / "par", cartoonizer=cz, batch_size=2, workers=workers, size=48)
+    rel = lambda rep, root: [(s, str(Path(o).relative_to(root))) for s, o in rep.ok]  # noqa: E731
+    assert rel(par, tmp_path / "par") == rel(seq, tmp_path / "seq")  # same files, same order
+    assert [s for s, _ in rel(seq, tmp_path / "seq")] == [str(d / f"{i}.png") for i in range(6)]
+    assert par.failed == seq.failed and [s for s, _ in par.failed] == [str(d / "3b.png")]
+    for s, o in par.ok:
+        ref = np.asarray(Image.open(tmp_path / "seq" / Path(o).name))
+        assert np.array_equal(np.asarray(Image.open(o)), ref)
+    assert not list((tmp_path / "par").rglob("*.tmp"))
+
+
+def test_overlapped_write_failure_is_reported_and_the_rest_written(tiny_model, tmp_path):
+    d = _files(tmp_path)
+    out = tmp_path / "out"
+    (out / "2.png").mkdir(parents=True)  # a folder where an output should go: that write fails
+    rep = cartoonize_files([d], out, cartoonizer=Cartoonizer(tiny_model, device="cpu"), workers=2)
+    failed = dict(rep.failed)
+    assert set(failed) == {str(d / "2.png"), str(d / "3b.png")}
+    assert "could not write" in failed[str(d / "2.png")]
+    assert len(rep.ok) == 5 and all(Path(o).is_file() for _, o in rep.ok)
+
+
+def test_png_level_and_argument_checks(tiny_model, tmp_path):
+    d = _files(tmp_path)
+    cz = Cartoonizer(tiny_model, device="cpu")
+    fast = cartoonize_files([d / "0.png"], tmp_path / "l0", cartoonizer=cz, png_level=0)
+    small = cartoonize_files([d / "0.png"], tmp_path / "l9", cartoonizer=cz, png_level=9)
+    f0, f9 = Path(fast.ok[0][1]), Path(small.ok[0][1])
+    assert np.array_equal(np.asarray(Image.open(f0)), np.asarray(Image.open(f9)))  # lossless both
+    assert f0.stat().st_size > f9.stat().st_size  # level 0 stores, level 9 compresses
+    for bad in ({"workers": -1}, {"png_level": 10}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            cartoonize_files([d], tmp_path / "x", cartoonizer=cz, **bad)
+    with pytest.raises(ValueError, match="resize"):
+        cartoonize_files([d], tmp_path / "x", checkpoint=tiny_model, resize="sideways")
