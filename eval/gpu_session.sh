@@ -9,7 +9,8 @@
 #   floor.md        measured bf16 matmul and device-to-device copy ceilings, and the floor per width
 #   gpu.json        bench: toon-w64/toon-w48 x 512/1024/2048 x batch 1/8 x fp32/fp16/bf16 x eager/channels_last
 #   gpu_fast.json   bench: the same at bf16 with channels_last, torch.compile and CUDA graphs
-#   files_*.json    file-to-file stages (decode, model, encode) at 1024 px, fp32 eager and bf16 CUDA graphs
+#   files_*.json    file-to-file stages (decode, model, encode) and sequential vs overlapped
+#                   cartoonize_files at 1024 px: fp32 eager, bf16 CUDA graphs (+ PNG level 1, + host resize)
 #   accuracy.json   every variant against fp32 (TF32 off): abs/relative error and LPIPS
 #   *.log           what each step printed
 #
@@ -51,7 +52,14 @@ for stage in $stages; do
             --files "$PHOTOS" --files-size 1024 --output "$OUT/files_fp32.json"
         step files_bf16 dctnet-lite bench --checkpoint toon-w48 --device "$DEVICE" --resolutions 1024 \
             --precision bf16 --backend cudagraphs --warmup 3 --repeats 10 --no-cold-start \
-            --files "$PHOTOS" --files-size 1024 --output "$OUT/files_bf16_cudagraphs.json" ;;
+            --files "$PHOTOS" --files-size 1024 --output "$OUT/files_bf16_cudagraphs.json"
+        # the same with the fast PNG level and with resizing on the host, to size those two levers
+        step files_png1 dctnet-lite bench --checkpoint toon-w48 --device "$DEVICE" --resolutions 1024 \
+            --precision bf16 --backend cudagraphs --warmup 3 --repeats 10 --no-cold-start \
+            --files "$PHOTOS" --files-size 1024 --files-png-level 1 --output "$OUT/files_bf16_png1.json"
+        step files_hostresize dctnet-lite bench --checkpoint toon-w48 --device "$DEVICE" --resolutions 1024 \
+            --precision bf16 --backend cudagraphs --warmup 3 --repeats 10 --no-cold-start \
+            --files "$PHOTOS" --files-size 1024 --files-resize host --output "$OUT/files_bf16_hostresize.json" ;;
     accuracy)
         step accuracy dctnet-lite accuracy --checkpoint toon-w64 toon-w48 --images "$PHOTOS" --limit 8 \
             --size 1024 --device "$DEVICE" --precision fp32 fp16 bf16 \
