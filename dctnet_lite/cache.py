@@ -20,7 +20,10 @@ bytes exactly as on disk (``b"file\\0" + bytes``); for an in-memory PIL image or
 decoded pixels the model would see (``b"pixels\\0"``, then the RGB uint8 array's shape and bytes
 after EXIF orientation and resizing to ``size``, then the alpha plane's shape and bytes or
 ``b"-"``): see :func:`file_image_bytes` and :func:`pixel_image_bytes`. Tiling changes the output
-slightly, so it is part of the key; the device (CPU or CUDA) is not.
+slightly, so it is part of the key; the device (CPU or CUDA) is not. So are two settings of the
+:class:`~dctnet_lite.inference.Cartoonizer` that change pixels, appended to ``precision``:
+``";buckets=256,384,..."`` when inputs are padded to shape buckets, and ``";resize=device"`` when
+a ``size`` is resized on the device instead of by Pillow.
 
 The value is the finished output as PNG bytes (RGB, or RGBA when the input had alpha), so a hit
 returns exactly what the miss returned.
