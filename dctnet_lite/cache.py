@@ -18,10 +18,11 @@ The key (:func:`cache_key`) is the hex sha256 of, in this order::
 same digest computed from its state dict). ``<image bytes>`` is, for a file input, the file's
 bytes exactly as on disk (``b"file\\0" + bytes``); for an in-memory PIL image or array, the
 decoded pixels the model would see (``b"pixels\\0"``, then the RGB uint8 array's shape and bytes
-after EXIF orientation and resizing to ``size``, then the alpha plane's shape and bytes or
+after EXIF orientation and resizing to ``size`` (by Pillow; as given when the resize is on the
+device, whose key says so: see below), then the alpha plane's shape and bytes or
 ``b"-"``): see :func:`file_image_bytes` and :func:`pixel_image_bytes`. Tiling changes the output
-slightly, so it is part of the key; the device (CPU or CUDA) is not. So are two settings of the
-:class:`~dctnet_lite.inference.Cartoonizer` that change pixels, appended to ``precision``:
+slightly, so it is part of the key; the device (CPU or CUDA) is not. Two more settings of the
+:class:`~dctnet_lite.inference.Cartoonizer` change pixels and are appended to ``precision``:
 ``";buckets=256,384,..."`` when inputs are padded to shape buckets, and ``";resize=device"`` when
 a ``size`` is resized on the device instead of by Pillow.
 

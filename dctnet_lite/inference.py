@@ -1,8 +1,9 @@
 """Inference API: a resident :class:`Cartoonizer` for Python, and file batches for the CLI.
 
 The same code serves CPU and CUDA. Pre- and post-processing (uint8 -> float, normalisation,
-tanh output -> uint8, and on CUDA the resize to ``size``) run on the model's device. Images too large for memory are processed in
-overlapping tiles blended with linear ramps; on CUDA an out-of-memory error falls back to tiles.
+tanh output -> uint8, and on CUDA the resize to ``size``) run on the model's device. Images too
+large for memory are processed in overlapping tiles blended with linear ramps; on CUDA an
+out-of-memory error falls back to tiles.
 On CUDA the defaults are the fast path: bf16 (where native), channels_last and cuDNN autotuning;
 ``compile=True`` and ``cuda_graphs=True`` add shape buckets (see :mod:`dctnet_lite.fastpath`).
 :func:`cartoonize_files` overlaps reading and decoding the next images and encoding and writing
