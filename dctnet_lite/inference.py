@@ -444,7 +444,8 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
     :func:`default_workers`, ``0`` does everything in this thread, one file after the other.
     Results and the report's order do not depend on it. ``png_level``: zlib level of PNG
     outputs, 0-9 (Pillow's default 6; 1 encodes about 3x faster for about 20 % larger files).
-    ``resize``: where images are scaled to ``size`` (see :class:`Cartoonizer`).
+    ``resize``: where images are scaled to ``size`` (see :class:`Cartoonizer`; like ``cache``,
+    ignored when ``cartoonizer`` is given).
     """
     t0 = time.perf_counter()
     if not ext.startswith("."):
