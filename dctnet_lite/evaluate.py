@@ -214,16 +214,9 @@ def _split_function():
 
 def load_photo(path, size: Optional[int]) -> torch.Tensor:
     """An image file -> (1, 3, H, W) float in [0, 1], longer side ``size`` (Lanczos, aspect kept)."""
-    from PIL import Image
+    from .images import read_image, resize_rgb
 
-    from .images import read_image
-    from .inference import target_size
-
-    rgb, _ = read_image(path)
-    h, w = rgb.shape[:2]
-    tw, th = target_size(w, h, size)
-    if (tw, th) != (w, h):
-        rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.LANCZOS))
+    rgb = resize_rgb(read_image(path)[0], size)
     return torch.from_numpy(np.array(rgb, dtype=np.float32, copy=True) / 255.0).permute(2, 0, 1)[None]
 
 

@@ -86,6 +86,26 @@ def read_image(path) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         raise ImageReadError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
+def target_size(w: int, h: int, size: Optional[int]) -> Tuple[int, int]:
+    """(w, h) scaled so that the longer side is ``size`` (aspect kept; at least 1 px)."""
+    if size is None:
+        return w, h
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    scale = int(size) / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def resize_rgb(rgb: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """An (H, W, 3) uint8 array with its longer side scaled to ``size`` by Pillow's Lanczos
+    (the same array when nothing changes)."""
+    h, w = rgb.shape[:2]
+    tw, th = target_size(w, h, size)
+    if (tw, th) == (w, h):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.LANCZOS))
+
+
 def compose(rgb: np.ndarray, alpha: Optional[np.ndarray]) -> Image.Image:
     """RGB array (+ alpha, resized to fit if needed) -> PIL image (RGB or RGBA)."""
     img = Image.fromarray(rgb, "RGB")

@@ -30,6 +30,7 @@ from .cache import cache_key, decode_png, encode_png, file_image_bytes, open_cac
 from .checkpoint import DTYPES, _payload_digest, default_checkpoint, load
 from .fastpath import GraphRunner, bucket_shape, normalize_buckets, pad_to_shape, resolve_precision
 from .fileutil import atomic_write_bytes
+from .images import target_size
 from .model import DCTNet
 
 #: On CPU, images above this many pixels are tiled automatically (bounded memory).
@@ -46,16 +47,6 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but CUDA is not available on this machine")
     return device
-
-
-def target_size(w: int, h: int, size: Optional[int]) -> Tuple[int, int]:
-    """(w, h) scaled so that the longer side is ``size`` (aspect kept; at least 1 px)."""
-    if size is None:
-        return w, h
-    if int(size) < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
-    scale = int(size) / max(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def resize_on_device(x01: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
@@ -252,10 +243,9 @@ class Cartoonizer:
         else:
             raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image, "
                             f"HxWxC uint8 array or a tensor")
-        h, w = rgb.shape[:2]
-        tw, th = target_size(w, h, size)
-        if (tw, th) != (w, h) and self.resize == "host":
-            rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.LANCZOS))
+        tw, th = target_size(rgb.shape[1], rgb.shape[0], size)
+        if self.resize == "host":
+            rgb = imio.resize_rgb(rgb, size)
         t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
         if pin and self.device.type == "cuda":
             t = t.pin_memory()

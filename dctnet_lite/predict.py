@@ -40,7 +40,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import lightning.pytorch as L
@@ -48,7 +47,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from . import images as imio
 from .fileutil import atomic_write_bytes
-from .inference import Cartoonizer, FilesReport, _same_shape_runs, target_size
+from .inference import Cartoonizer, FilesReport, _same_shape_runs
 
 
 @dataclasses.dataclass
@@ -74,10 +73,7 @@ class PredictReport(FilesReport):
 def read_for_model(path, size: Optional[int]) -> Tuple[torch.Tensor, Optional[np.ndarray]]:
     """An image file -> ((3, H, W) uint8 tensor resized to ``size``, alpha), as the Cartoonizer does."""
     rgb, alpha = imio.read_image(path)
-    h, w = rgb.shape[:2]
-    tw, th = target_size(w, h, size)
-    if (tw, th) != (w, h):
-        rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.LANCZOS))
+    rgb = imio.resize_rgb(rgb, size)
     return torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1), alpha
 
 
