@@ -64,7 +64,7 @@ def _cmd_cartoonize(a) -> int:
     if not 0.0 <= a.strength <= 1.0:
         raise CLIError(f"--strength must lie in [0, 1], got {a.strength}")
     if (a.devices or 1) > 1 or a.num_nodes > 1 or a.strategy:
-        from .predict import predict_files
+        from .tools.predict import predict_files
 
         if a.cache:
             raise CLIError("--cache works in single-process runs only, not with --devices/--strategy")
@@ -170,7 +170,7 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(a) -> int:
-    from .report import make_report
+    from .tools.report import make_report
 
     if a.limit is not None and a.limit < 1:
         raise CLIError(f"--limit must be >= 1, got {a.limit}")
@@ -235,7 +235,7 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(a) -> int:
-    from .bench import bench, file_to_file, format_file_to_file, format_table
+    from .tools.bench import bench, file_to_file, format_file_to_file, format_table
 
     targets = _variant_targets(a)
     result = bench(targets, resolutions=a.resolutions, batches=a.batch, precisions=a.precision,
@@ -256,7 +256,7 @@ def _add_accuracy(sub) -> None:
     p = sub.add_parser("accuracy", help="fast-path variants (precision x backend) against fp32 on photos",
                        description="Compare each precision x backend with the fp32 eager output (TF32 off) "
                                    "on real photos: max/mean abs error, relative L2, LPIPS; exit 1 when a "
-                                   "variant is outside dctnet_lite.accuracy.BOUNDS or fails.")
+                                   "variant is outside dctnet_lite.tools.accuracy.BOUNDS or fails.")
     _add_variant_args(p, ["fp32", "fp16", "bf16"])
     p.add_argument("--images", required=True, help="folder (recursive) or file of photos")
     p.add_argument("--split", default=None, help="keep one split of the photos (e.g. val)")
@@ -270,7 +270,7 @@ def _add_accuracy(sub) -> None:
 
 
 def _cmd_accuracy(a) -> int:
-    from .accuracy import format_accuracy, variant_accuracy
+    from .tools.accuracy import format_accuracy, variant_accuracy
     from .machine import machine_info
 
     results = [variant_accuracy(t, a.images, precisions=a.precision, backends=a.backend, device=a.device,
@@ -313,7 +313,7 @@ def _add_prune(sub) -> None:
 
 
 def _cmd_prune(a) -> int:
-    from .prune import prune_main
+    from .tools.prune import prune_main
 
     result = prune_main(a.recipe, checkpoint=a.checkpoint, width=a.width, ratio=a.ratio,
                         macs_budget=a.macs_budget, criterion=a.criterion, calibration=a.calibration,
@@ -342,7 +342,7 @@ def _add_export_modelscope(sub) -> None:
     p = sub.add_parser("export-modelscope", help="write a ModelScope model folder for a checkpoint",
                        description="Write configuration.json + model.safetensors so that modelscope's "
                                    "pipeline('image-portrait-stylization', model=DIR) runs the checkpoint "
-                                   "after `import dctnet_lite.modelscope_pipeline` (docs/serving.md).")
+                                   "after `import dctnet_lite.tools.modelscope_pipeline` (docs/serving.md).")
     p.add_argument("checkpoint", help="checkpoint name or path")
     p.add_argument("dir", help="output folder")
     p.add_argument("--remote-code", action="store_true",
@@ -352,7 +352,7 @@ def _add_export_modelscope(sub) -> None:
 
 
 def _cmd_export_modelscope(a) -> int:
-    from .modelscope_pipeline import export_modelscope
+    from .tools.modelscope_pipeline import export_modelscope
 
     out = export_modelscope(a.checkpoint, a.dir, remote_code=a.remote_code)
     print(f"wrote {out}")
@@ -437,7 +437,7 @@ def _cmd_export_onnx(a) -> int:
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:  # optional dependencies: one line instead of a traceback
         raise CLIError(f"missing {', '.join(missing)}: pip install 'dctnet-lite[onnx]'")
-    from .onnx_export import check_onnx, export_onnx
+    from .tools.onnx_export import check_onnx, export_onnx
 
     t0 = time.perf_counter()
     out = export_onnx(a.checkpoint, a.output, opset=a.opset, precision=a.precision, exporter=a.exporter,

@@ -25,7 +25,7 @@ BEGIN, END = "<!-- criteria-table:begin -->", "<!-- criteria-table:end -->"
 
 def run(checkpoint, criteria, target, calibration, calib_images, calib_size, seed):
     from dctnet_lite.checkpoint import load, resolve
-    from dctnet_lite.prune import prune
+    from dctnet_lite.tools.prune import prune
 
     path = resolve(checkpoint)
     parent = load(path)
@@ -85,7 +85,7 @@ def update_readme(readme: Path, table: str) -> None:
 
 
 def main(argv=None) -> int:
-    from dctnet_lite.prune import CRITERIA
+    from dctnet_lite.tools.prune import CRITERIA
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="parent checkpoint name or path")

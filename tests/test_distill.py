@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 import train_callbacks  # noqa: E402
 from dctnet_lite import DCTNet, load, save_checkpoint  # noqa: E402
 from train_callbacks import ckpt  # noqa: E402
-from dctnet_lite.prune import prune  # noqa: E402
+from dctnet_lite.tools.prune import prune  # noqa: E402
 from dctnet_lite.train import CartoonModule, export_checkpoint, train_main  # noqa: E402
 from dctnet_lite.train.distill import DISTILL_VAL_STRENGTHS, file_sha256  # noqa: E402
 

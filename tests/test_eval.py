@@ -12,7 +12,7 @@ from conftest import portrait_like
 
 def _lpips_available() -> bool:
     try:
-        from dctnet_lite.lpips_offline import LPIPSWeightsUnavailable, load_lpips_weights
+        from dctnet_lite.tools.lpips_offline import LPIPSWeightsUnavailable, load_lpips_weights
     except ImportError:
         return False
     try:
@@ -35,7 +35,7 @@ def _photo(h=48, w=40, seed=0):
 
 
 def test_identical_images_score_perfectly():
-    from dctnet_lite.evaluate import PSNR_CAP_DB, compute_metrics
+    from dctnet_lite.tools.evaluate import PSNR_CAP_DB, compute_metrics
 
     x = torch.cat([_photo(seed=1), _photo(seed=2)])
     vals = compute_metrics(x, x.clone(), ALL_METRICS)
@@ -48,7 +48,7 @@ def test_identical_images_score_perfectly():
 
 @needs_lpips
 def test_lpips_orders_degradations():
-    from dctnet_lite.evaluate import lpips
+    from dctnet_lite.tools.evaluate import lpips
 
     x = _photo(64, 64, 3)
     g = torch.Generator().manual_seed(0)
@@ -59,7 +59,7 @@ def test_lpips_orders_degradations():
 
 @pytest.mark.parametrize("sigma", [0.01, 0.05])
 def test_psnr_of_gaussian_noise(sigma):
-    from dctnet_lite.evaluate import psnr
+    from dctnet_lite.tools.evaluate import psnr
 
     g = torch.Generator().manual_seed(0)
     y = torch.full((1, 3, 128, 128), 0.5)  # mid-grey: no clipping at sigma <= 0.05 (10 sigma)
@@ -68,7 +68,7 @@ def test_psnr_of_gaussian_noise(sigma):
 
 
 def test_unknown_metric_is_refused():
-    from dctnet_lite.evaluate import compute_metrics
+    from dctnet_lite.tools.evaluate import compute_metrics
 
     with pytest.raises(ValueError, match="unknown metric"):
         compute_metrics(_photo(), _photo(), ["fid"])
@@ -77,7 +77,7 @@ def test_unknown_metric_is_refused():
 # ------------------------------------------------------------------------------ intervals
 @pytest.mark.parametrize("method", ["bootstrap", "t"])
 def test_interval_contains_mean_and_shrinks(method):
-    from dctnet_lite.evaluate import summarize
+    from dctnet_lite.tools.evaluate import summarize
 
     rng = np.random.default_rng(0)
     data = rng.normal(0.3, 0.1, 400)
@@ -92,7 +92,7 @@ def test_interval_contains_mean_and_shrinks(method):
 
 
 def test_interval_degenerate_cases():
-    from dctnet_lite.evaluate import _t_quantile_975, summarize
+    from dctnet_lite.tools.evaluate import _t_quantile_975, summarize
 
     assert summarize([0.5]) == {"mean": 0.5, "std": 0.0, "lo": 0.5, "hi": 0.5, "n": 1}
     assert summarize([2.0, 2.0, 2.0], method="t")["hi"] == 2.0
@@ -122,7 +122,7 @@ def tiny_setup(tmp_path):
 
 
 def test_evaluate_teacher_reference_and_skips(tiny_setup):
-    from dctnet_lite.evaluate import evaluate
+    from dctnet_lite.tools.evaluate import evaluate
 
     paths, photos = tiny_setup
     with pytest.warns(UserWarning, match="skipping checkpoint"):
@@ -146,7 +146,7 @@ def test_evaluate_teacher_reference_and_skips(tiny_setup):
 
 def test_evaluate_folder_reference_and_strength_zero(tiny_setup, tmp_path):
     """Targets matched by relative name (any extension); at strength 0 the blend is the photo."""
-    from dctnet_lite.evaluate import evaluate
+    from dctnet_lite.tools.evaluate import evaluate
 
     paths, photos = tiny_setup
     targets = tmp_path / "targets"
@@ -161,7 +161,7 @@ def test_evaluate_folder_reference_and_strength_zero(tiny_setup, tmp_path):
 
 
 def test_evaluate_renderer_reference(tiny_setup):
-    from dctnet_lite.evaluate import evaluate
+    from dctnet_lite.tools.evaluate import evaluate
 
     paths, photos = tiny_setup
     res = evaluate([str(paths[8])], reference="renderer", images=str(photos), strengths=(1.0,),
@@ -172,7 +172,7 @@ def test_evaluate_renderer_reference(tiny_setup):
 
 def test_evaluate_without_any_checkpoint_fails(tiny_setup):
     from dctnet_lite.checkpoint import CheckpointError
-    from dctnet_lite.evaluate import evaluate
+    from dctnet_lite.tools.evaluate import evaluate
 
     _, photos = tiny_setup
     with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="none of the checkpoints"):
@@ -181,7 +181,7 @@ def test_evaluate_without_any_checkpoint_fails(tiny_setup):
 
 # ------------------------------------------------------------------------------ bench
 def test_bench_json_has_documented_keys(tiny_setup):
-    from dctnet_lite.bench import ANCHOR, ROW_KEYS, bench
+    from dctnet_lite.tools.bench import ANCHOR, ROW_KEYS, bench
 
     paths, _ = tiny_setup
     res = bench([str(paths[8]), 16], resolutions=(32,), batches=(1, 2), backends=("eager", "channels_last"),
@@ -208,7 +208,7 @@ def test_bench_json_has_documented_keys(tiny_setup):
 
 def test_bench_cold_start_subprocess():
     """A width target is saved to a temporary checkpoint and started in a fresh process."""
-    from dctnet_lite.bench import COLD_KEYS, bench
+    from dctnet_lite.tools.bench import COLD_KEYS, bench
 
     res = bench([8], resolutions=(32,), threads=1, warmup=1, repeats=1, cold_start=True)
     (c,) = res["cold_start"]
@@ -219,7 +219,7 @@ def test_bench_cold_start_subprocess():
 
 
 def test_bench_failures_are_rows_not_crashes():
-    from dctnet_lite.bench import bench
+    from dctnet_lite.tools.bench import bench
 
     res = bench([8], resolutions=(32,), backends=("cudagraphs",) if not torch.cuda.is_available() else ("eager",),
                 warmup=1, repeats=1, cold_start=False)
@@ -231,7 +231,7 @@ def test_bench_failures_are_rows_not_crashes():
 
 # ------------------------------------------------------------------------------ Pareto
 def test_pareto_front_on_known_points():
-    from dctnet_lite.report import pareto_front
+    from dctnet_lite.tools.report import pareto_front
 
     # (latency, lpips): A fastest-worst, B dominated by C, C, D best-slowest, E dominated by D,
     # F equal to C (ties are both kept), G NaN
@@ -246,7 +246,7 @@ def test_pareto_front_on_known_points():
 def test_report_from_tiny_recipe(tiny_setup, tmp_path):
     import yaml
 
-    from dctnet_lite.report import make_report
+    from dctnet_lite.tools.report import make_report
 
     paths, photos = tiny_setup
     extra = tmp_path / "gpu-bench.json"
@@ -301,7 +301,7 @@ def test_report_overrides_and_pillow_plot(tiny_setup, tmp_path, monkeypatch):
     """CLI-style overrides; without matplotlib the plot is drawn with Pillow."""
     import builtins
 
-    from dctnet_lite.report import make_report
+    from dctnet_lite.tools.report import make_report
 
     paths, photos = tiny_setup
     real_import = builtins.__import__
@@ -330,7 +330,7 @@ def test_pillow_plot_keeps_labels_inside(tmp_path):
     """The rightmost point's label (the reference's is the longest) is drawn left of it, not clipped."""
     import numpy as np
 
-    from dctnet_lite.report import _plot_pillow
+    from dctnet_lite.tools.report import _plot_pillow
 
     pts = [{"label": "toon-w32", "latency_ms": 140.0, "value": 0.11, "lo": 0.09, "hi": 0.13,
             "on_front": True, "is_reference": False},
@@ -345,7 +345,7 @@ def test_pillow_plot_keeps_labels_inside(tmp_path):
     assert a[50:530, 600:868].min() < 128, "the reference's label is missing"
 
 def test_recipe_validation(tmp_path):
-    from dctnet_lite.report import load_recipe
+    from dctnet_lite.tools.report import load_recipe
 
     with pytest.raises(ValueError, match="unknown recipe field"):
         load_recipe({"checkpoint": ["x"]})
@@ -358,7 +358,7 @@ def test_recipe_validation(tmp_path):
 def test_shipped_recipe_parses():
     from pathlib import Path
 
-    from dctnet_lite.report import load_recipe
+    from dctnet_lite.tools.report import load_recipe
 
     cfg, src = load_recipe(Path(__file__).resolve().parents[1] / "eval" / "quality_vs_latency.yaml")
     assert cfg["quality"]["reference"] == "toon-w64" and cfg["quality"]["split"] == "val"

@@ -185,7 +185,7 @@ def _need_onnx(dynamo: bool = True):
 
 def test_onnx_export_and_check_width8(tiny_model, tmp_path):
     onnx = _need_onnx()
-    from dctnet_lite.onnx_export import check_onnx, export_onnx, read_metadata
+    from dctnet_lite.tools.onnx_export import check_onnx, export_onnx, read_metadata
 
     path = export_onnx(tiny_model, tmp_path / "w8.onnx")
     assert path.exists() and not list(tmp_path.glob(".*.tmp"))
@@ -205,7 +205,7 @@ def test_onnx_export_and_check_width8(tiny_model, tmp_path):
 
 def test_onnx_torchscript_exporter_and_static_shape(tiny_model, tmp_path):
     onnx = _need_onnx(dynamo=False)
-    from dctnet_lite.onnx_export import check_onnx, export_onnx
+    from dctnet_lite.tools.onnx_export import check_onnx, export_onnx
 
     path = export_onnx(tiny_model, tmp_path / "ts.onnx", exporter="torchscript")
     assert check_onnx(path, tiny_model, sizes=((33, 21), (8, 20)), threads=1)["max_abs_error"] < 1e-4
@@ -221,7 +221,7 @@ def test_onnx_torchscript_exporter_and_static_shape(tiny_model, tmp_path):
 @pytest.mark.parametrize("width", [48, 64])
 def test_onnx_export_widths_48_and_64(tmp_path, width):
     _need_onnx()
-    from dctnet_lite.onnx_export import check_onnx, export_onnx
+    from dctnet_lite.tools.onnx_export import check_onnx, export_onnx
 
     torch.manual_seed(0)
     model = DCTNet(width).eval()
@@ -260,7 +260,7 @@ def photo_dir(tmp_path):
 
 
 def test_variant_accuracy_rows(photo_dir):
-    from dctnet_lite.accuracy import variant_accuracy
+    from dctnet_lite.tools.accuracy import variant_accuracy
 
     res = variant_accuracy(8, photo_dir, precisions=["fp32", "bf16"], backends=["eager", "channels_last",
                                                                                  "cudagraphs"],
@@ -278,7 +278,7 @@ def test_variant_accuracy_rows(photo_dir):
 
 
 def test_variant_accuracy_flags_a_variant_outside_its_bounds(photo_dir, monkeypatch):
-    from dctnet_lite import accuracy
+    from dctnet_lite.tools import accuracy
 
     monkeypatch.setitem(accuracy.BOUNDS, "bf16", {"max_abs": 1e-7})
     res = accuracy.variant_accuracy(8, photo_dir, precisions=["fp32", "bf16"], size=None, lpips=False)
@@ -287,7 +287,7 @@ def test_variant_accuracy_flags_a_variant_outside_its_bounds(photo_dir, monkeypa
 
 
 def test_variant_accuracy_lpips_and_refusals(photo_dir):
-    from dctnet_lite.accuracy import variant_accuracy
+    from dctnet_lite.tools.accuracy import variant_accuracy
 
     res = variant_accuracy(8, photo_dir / "p0.png", precisions=["bf16"], size=48)
     (row,) = res["rows"]
@@ -301,7 +301,7 @@ def test_variant_accuracy_lpips_and_refusals(photo_dir):
 
 
 def test_tf32_off_restores_flags():
-    from dctnet_lite.accuracy import _tf32_off
+    from dctnet_lite.tools.accuracy import _tf32_off
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     with _tf32_off():
@@ -310,7 +310,7 @@ def test_tf32_off_restores_flags():
 
 
 def test_cli_accuracy(photo_dir, tmp_path, capsys, monkeypatch):
-    from dctnet_lite import accuracy
+    from dctnet_lite.tools import accuracy
     from dctnet_lite.cli import main
 
     out = tmp_path / "acc.json"
@@ -329,7 +329,7 @@ def test_cli_accuracy(photo_dir, tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------ file to file
 def test_file_to_file_stages(photo_dir):
-    from dctnet_lite.bench import file_to_file, format_file_to_file
+    from dctnet_lite.tools.bench import file_to_file, format_file_to_file
 
     r = file_to_file(8, photo_dir, size=48, precision="fp32", threads=1)
     assert r["images"] == 2 and r["precision"] == "fp32" and r["size"] == 48

@@ -1,4 +1,4 @@
-"""Tests for dctnet_lite.lpips_offline (exact, offline LPIPS v0.1)."""
+"""Tests for dctnet_lite.tools.lpips_offline (exact, offline LPIPS v0.1)."""
 
 import io
 import os
@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("lpips", reason="lpips is not installed (pip install lpips)")
 import torch  # noqa: E402
 
-from dctnet_lite import lpips_offline as L  # noqa: E402
+from dctnet_lite.tools import lpips_offline as L  # noqa: E402
 
 REF_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "lpips_ref"
 
@@ -48,7 +48,7 @@ def _generated_pair():
 # ----------------------------------------------------------------------------- no weights needed
 def test_import_is_light():
     code = (
-        "import sys, dctnet_lite.lpips_offline; "
+        "import sys, dctnet_lite.tools.lpips_offline; "
         "bad = [m for m in ('lpips', 'torchvision', 'safetensors') if m in sys.modules]; "
         "assert not bad, bad"
     )

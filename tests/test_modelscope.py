@@ -15,7 +15,7 @@ from PIL import Image
 
 from dctnet_lite import Cartoonizer, load
 from dctnet_lite.cli import main
-from dctnet_lite.modelscope_pipeline import (MODEL_TYPE, MODELSCOPE_IMPORT_ERROR, PIPELINE_TYPE,
+from dctnet_lite.tools.modelscope_pipeline import (MODEL_TYPE, MODELSCOPE_IMPORT_ERROR, PIPELINE_TYPE,
                                              export_modelscope)
 
 from conftest import portrait_like
@@ -86,7 +86,7 @@ def test_trust_remote_code_imports_the_registration_itself(tiny_ckpt, tmp_path):
 import sys
 from modelscope.outputs import OutputKeys
 from modelscope.pipelines import pipeline
-assert "dctnet_lite.modelscope_pipeline" not in sys.modules
+assert "dctnet_lite.tools.modelscope_pipeline" not in sys.modules
 try:
     pipeline("image-portrait-stylization", model={str(folder)!r}, device="cpu")
     raise SystemExit("loaded without trust_remote_code")

@@ -18,7 +18,7 @@ from PIL import Image
 pytest.importorskip("lightning", reason="distributed prediction needs lightning (pip install -e '.[train]')")
 
 from dctnet_lite import cartoonize_files  # noqa: E402
-from dctnet_lite.predict import ImageFilesDataset, ShardSampler, predict_files  # noqa: E402
+from dctnet_lite.tools.predict import ImageFilesDataset, ShardSampler, predict_files  # noqa: E402
 
 from conftest import portrait_like  # noqa: E402
 

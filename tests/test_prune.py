@@ -1,4 +1,4 @@
-"""Structured pruning (dctnet_lite.prune): tiny parents (width 16/24) at 32 px, generated images."""
+"""Structured pruning (dctnet_lite.tools.prune): tiny parents (width 16/24) at 32 px, generated images."""
 import hashlib
 import json
 import subprocess
@@ -14,7 +14,7 @@ pytest.importorskip("torch_pruning")
 from dctnet_lite import ArchConfig, DCTNet, load, read_info, save_checkpoint  # noqa: E402
 from dctnet_lite.cli import main as cli_main  # noqa: E402
 from dctnet_lite.profile import count_macs  # noqa: E402
-from dctnet_lite.prune import (CRITERIA, channel_table, conv_macs, parse_macs_budget, prune,  # noqa: E402
+from dctnet_lite.tools.prune import (CRITERIA, channel_table, conv_macs, parse_macs_budget, prune,  # noqa: E402
                                prune_main)
 
 SIZE = 32  # calibration crop side
@@ -281,6 +281,6 @@ def test_channel_table_reads_modules(parent16):
 
 
 def test_import_does_not_pull_torch_pruning():
-    code = ("import sys, dctnet_lite, dctnet_lite.prune, dctnet_lite.cli; "
+    code = ("import sys, dctnet_lite, dctnet_lite.tools.prune, dctnet_lite.cli; "
             "sys.exit('torch_pruning' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -9,7 +9,7 @@ strengths and the teacher's bookkeeping. Per sample, at the module's random stre
          + renderer_weight * (l1_weight * L1 + lpips_weight * LPIPS)(student, renderer target)
          + feature_weight  * mean_i NMSE(P_i(fused_i(student)), fused_i(teacher))
 
-``fused_i`` are the outputs of the four adaptive fusions (scales 1/2 .. 1/16). ``dctnet_lite.prune``
+``fused_i`` are the outputs of the four adaptive fusions (scales 1/2 .. 1/16). ``dctnet_lite.tools.prune``
 does not record which channels it kept, so the student's features are mapped to the teacher's
 channels by a learned 1x1 convolution per scale (:class:`FeatureProjection`, FitNets-style);
 NMSE is the mean squared error divided by the teacher feature's mean square (scale-free).

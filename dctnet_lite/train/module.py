@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..checkpoint import load
-from ..lpips_offline import LPIPSLoss, lpips_distance
+from ..tools.lpips_offline import LPIPSLoss, lpips_distance
 from ..model import ArchConfig, DCTNet
 from .distill import make_distiller
 from ..machine import machine_summary

@@ -1,7 +1,7 @@
 """One recipe -> a quality-vs-latency report: ``report.json``, ``report.md`` and ``pareto.png``.
 
-``make_report(recipe)`` runs :func:`dctnet_lite.evaluate.evaluate` and
-:func:`dctnet_lite.bench.bench` as a YAML recipe (or dict) says, and writes them to
+``make_report(recipe)`` runs :func:`dctnet_lite.tools.evaluate.evaluate` and
+:func:`dctnet_lite.tools.bench.bench` as a YAML recipe (or dict) says, and writes them to
 ``<recipe folder>/reports/<name>/`` (``eval/reports/<name>/`` for the shipped recipe). Every
 field of a recipe is described in ``eval/README.md``; the shipped one is
 ``eval/quality_vs_latency.yaml``.
@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
-from .fileutil import atomic_write_bytes
+from ..fileutil import atomic_write_bytes
 
 DEFAULT_RECIPE = {
     "name": None,
@@ -442,7 +442,7 @@ def make_report(recipe: Union[Mapping, str, os.PathLike], out_dir: Union[str, os
     ``report.md`` and ``pareto.png`` (when there are both quality and latency figures).
     ``name``, ``checkpoints``, ``images`` and ``limit`` override the recipe (the CLI flags).
     """
-    from . import __version__
+    from .. import __version__
     from .bench import bench
     from .evaluate import evaluate
 
@@ -531,7 +531,7 @@ def _unique_by(rows, key):
 
 
 def _existing(specs):
-    from .checkpoint import CheckpointError, resolve
+    from ..checkpoint import CheckpointError, resolve
 
     out = []
     for s in specs:

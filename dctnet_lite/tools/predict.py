@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from . import images as imio
-from .fileutil import atomic_write_bytes
-from .inference import Cartoonizer, FilesReport, _same_shape_runs
+from .. import images as imio
+from ..fileutil import atomic_write_bytes
+from ..inference import Cartoonizer, FilesReport, _same_shape_runs
 
 
 @dataclasses.dataclass
@@ -242,7 +242,7 @@ def predict_files(inputs: Iterable, out_dir, checkpoint=None, *, devices=1, stra
     :func:`~dctnet_lite.inference.cartoonize_files`). With the ``ddp`` strategy every rank's
     process returns the same report; only ``global_rank == 0`` should print it.
     """
-    from .checkpoint import DTYPES, default_checkpoint, load
+    from ..checkpoint import DTYPES, default_checkpoint, load
 
     t0 = time.perf_counter()
     if not ext.startswith("."):

@@ -59,7 +59,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .machine import machine_info
+from ..machine import machine_info
 
 BACKENDS = ("eager", "channels_last", "compile", "cudagraphs")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -189,8 +189,8 @@ def _is_width(target) -> bool:
 
 def _target_model(target, seed: int = 0):
     """(label, DCTNet on CPU fp32, checkpoint path or None) for a width or a checkpoint."""
-    from .checkpoint import load, resolve
-    from .model import ArchConfig, DCTNet
+    from ..checkpoint import load, resolve
+    from ..model import ArchConfig, DCTNet
 
     if _is_width(target):
         torch.manual_seed(seed)
@@ -222,7 +222,7 @@ def check_variants(precisions: Sequence[str] = (), backends: Sequence[str] = ())
 
 def variant_cartoonizer(source, device, precision: str, backend: str, buckets=False, resize: str = "auto"):
     """The :class:`Cartoonizer` of one (precision, backend) variant of the bench."""
-    from .inference import Cartoonizer
+    from ..inference import Cartoonizer
 
     return Cartoonizer(source, device=device, precision=precision,
                        channels_last=backend == "channels_last", compile=backend == "compile",
@@ -279,8 +279,8 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     """
     import copy
 
-    from .inference import resolve_device
-    from .profile import count_macs, count_params
+    from ..inference import resolve_device
+    from ..profile import count_macs, count_params
 
     dev = resolve_device(device)
     check_variants([precision], [backend])
@@ -416,9 +416,9 @@ def file_to_file(target: Union[str, int, os.PathLike], images: Union[str, os.Pat
     ``threads``: ``torch.set_num_threads`` for the run, restored afterwards.
     """
     from .evaluate import select_images
-    from .images import save_image
-    from .images import DEFAULT_PNG_LEVEL
-    from .inference import _finish, cartoonize_files, default_workers, resolve_device
+    from ..images import save_image
+    from ..images import DEFAULT_PNG_LEVEL
+    from ..inference import _finish, cartoonize_files, default_workers, resolve_device
 
     check_variants(backends=[backend])
     if rounds < 2:
@@ -489,7 +489,7 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
     Returns a JSON-serialisable dict with ``machine``, ``settings``, ``rows``, ``cold_start``
     and the quoted ``anchor``.
     """
-    from .inference import resolve_device
+    from ..inference import resolve_device
 
     t_start = time.perf_counter()
     if not targets:
@@ -536,8 +536,8 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
 
 
 def _cold_entry(target, label, model, path, size, dev, threads) -> dict:
-    from .checkpoint import save_checkpoint
-    from .inference import Cartoonizer
+    from ..checkpoint import save_checkpoint
+    from ..inference import Cartoonizer
 
     entry = {"target": label, "resolution": size, "device": str(dev)}
     try:

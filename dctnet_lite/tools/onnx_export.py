@@ -40,8 +40,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .fileutil import atomic_write_bytes
-from .model import DCTNet, STRIDE
+from ..fileutil import atomic_write_bytes
+from ..model import DCTNet, STRIDE
 
 INPUT_NAMES = ("image", "strength")
 OUTPUT_NAME = "cartoon"
@@ -112,7 +112,7 @@ def _load_model(checkpoint_or_model) -> Tuple[DCTNet, Optional[str]]:
     if isinstance(checkpoint_or_model, DCTNet):
         model = copy.deepcopy(checkpoint_or_model).float().cpu().eval()
     else:
-        from .checkpoint import load
+        from ..checkpoint import load
 
         model = load(checkpoint_or_model, device="cpu").float().eval()
     info = getattr(model, "checkpoint_info", None)
@@ -174,7 +174,7 @@ def export_onnx(checkpoint_or_model: Union[str, os.PathLike, DCTNet], out_path: 
         for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim, ("batch", None, "height", "width")):
             if name is not None:
                 dim.dim_param = name
-    from . import __version__
+    from .. import __version__
 
     meta = {
         "dctnet_lite.version": __version__,

@@ -19,7 +19,7 @@ does); the model pads to its stride internally and crops back.
 
 Metrics (all on RGB in [0, 1], one value per image):
 
-- ``lpips_alex`` / ``lpips_vgg``: exact LPIPS v0.1 from :mod:`dctnet_lite.lpips_offline`
+- ``lpips_alex`` / ``lpips_vgg``: exact LPIPS v0.1 from :mod:`dctnet_lite.tools.lpips_offline`
   (lower is better);
 - ``psnr``: torchmetrics' PSNR with ``data_range=1.0`` in dB, **capped at** :data:`PSNR_CAP_DB`
   (identical images would give +inf, which JSON cannot hold; the cap is reported);
@@ -174,7 +174,7 @@ def select_images(images: Union[str, os.PathLike, Sequence], split: Optional[str
     ``split`` (e.g. ``"val"``) keeps the images for which ``dctnet_lite.data.split_of(relpath)``
     equals it, when that function exists; otherwise every image is kept, with a warning.
     """
-    from .images import is_image_name, list_images
+    from ..images import is_image_name, list_images
 
     if isinstance(images, (str, os.PathLike)):
         root = Path(images)
@@ -206,7 +206,7 @@ def select_images(images: Union[str, os.PathLike, Sequence], split: Optional[str
 
 def _split_function():
     try:
-        from . import data
+        from .. import data
     except ImportError:
         return None
     return getattr(data, "split_of", None)
@@ -214,14 +214,14 @@ def _split_function():
 
 def load_photo(path, size: Optional[int]) -> torch.Tensor:
     """An image file -> (1, 3, H, W) float in [0, 1], longer side ``size`` (Lanczos, aspect kept)."""
-    from .images import read_image, resize_rgb
+    from ..images import read_image, resize_rgb
 
     rgb = resize_rgb(read_image(path)[0], size)
     return torch.from_numpy(np.array(rgb, dtype=np.float32, copy=True) / 255.0).permute(2, 0, 1)[None]
 
 
 def _find_target(folder: Path, rel: str) -> Optional[Path]:
-    from .images import IMAGE_EXTENSIONS
+    from ..images import IMAGE_EXTENSIONS
 
     stem = Path(rel).with_suffix("")
     exact = folder / rel
@@ -241,7 +241,7 @@ class _Reference:
     """Produces the reference output for (photo, strength); ``kind`` is checkpoint/renderer/folder."""
 
     def __init__(self, spec: Union[str, os.PathLike], device):
-        from .checkpoint import resolve
+        from ..checkpoint import resolve
 
         self.spec, self.device = str(spec), device
         self.path: Optional[Path] = None
@@ -262,7 +262,7 @@ class _Reference:
 
     def model(self):
         if self._model is None:
-            from .inference import Cartoonizer
+            from ..inference import Cartoonizer
 
             self._model = Cartoonizer(str(self.path), device=self.device)
         return self._model
@@ -276,7 +276,7 @@ class _Reference:
         key = (self.kind, self.spec, tuple(photo.shape))
         if key not in toon_cache:
             if self.kind == "renderer":
-                from .render import render_toon
+                from ..render import render_toon
 
                 toon_cache[key] = render_toon(photo.to(self.device)).float().cpu()
             else:
@@ -327,8 +327,8 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
     Returns a JSON-serialisable dict: ``results`` has one row per (checkpoint, size, strength)
     with ``metrics[m] = {"mean", "std", "lo", "hi", "n"}`` (+ ``per_image`` values).
     """
-    from .checkpoint import CheckpointError, read_info, resolve
-    from .inference import Cartoonizer, resolve_device
+    from ..checkpoint import CheckpointError, read_info, resolve
+    from ..inference import Cartoonizer, resolve_device
 
     t_start = time.perf_counter()
     metrics = tuple(metrics)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import CHANNEL_MULTIPLE, ArchConfig, DCTNet, channel_groups
+from ..model import CHANNEL_MULTIPLE, ArchConfig, DCTNet, channel_groups
 
 CRITERIA = ("l1", "l2", "taylor", "lamp", "fpgm", "random")
 NEEDS_CALIBRATION = frozenset({"taylor"})
@@ -88,7 +88,7 @@ class PruneResult:
 
     def save(self, path: PathLike, dtype: str = "fp32"):
         """Write a checkpoint with the provenance and metrics in its metadata."""
-        from .checkpoint import save_checkpoint
+        from ..checkpoint import save_checkpoint
 
         info = save_checkpoint(path, self.model, dtype=dtype, provenance=self.provenance,
                                metrics=self.metrics)
@@ -148,7 +148,7 @@ _MACS_CACHE: Dict[Tuple[str, int], int] = {}
 
 def _count_macs(config: ArchConfig, size: int) -> int:
     """:func:`dctnet_lite.profile.count_macs` (square, batch 1), memoised per architecture."""
-    from .profile import count_macs
+    from ..profile import count_macs
 
     key = (config.to_json(), size)
     if key not in _MACS_CACHE:
@@ -177,7 +177,7 @@ def load_calibration(folder: Optional[PathLike], count: int = 8, size: int = 256
     short side is ``size`` and centre-cropped square -> ``(N, 3, size, size)`` in [-1, 1]."""
     from PIL import Image
 
-    from .images import list_images, read_image
+    from ..images import list_images, read_image
 
     need = f" ({why})" if why else ""
     if folder is None:
@@ -299,7 +299,7 @@ def _importance(criterion: str):
 
 def _resolve_parent(model_or_checkpoint) -> Tuple[DCTNet, dict]:
     """-> (fp32 parent in eval mode, provenance fields about it)."""
-    from .checkpoint import load, resolve
+    from ..checkpoint import load, resolve
 
     if isinstance(model_or_checkpoint, DCTNet):
         parent = model_or_checkpoint
@@ -337,7 +337,7 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
     """
     import torch_pruning as tp
 
-    from .profile import count_params
+    from ..profile import count_params
 
     t0 = time.perf_counter()
     # ---- arguments that need no model
@@ -507,7 +507,7 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
     if criterion == "taylor":
         provenance["taylor_loss"] = (f"L1(model(x + N(0, {TAYLOR_NOISE}^2), s=1), parent(x, s=1)), "
                                      f"gradients once on the parent")
-    from . import __version__
+    from .. import __version__
 
     provenance["dctnet_lite"] = __version__
     report = {

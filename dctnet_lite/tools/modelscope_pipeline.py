@@ -10,7 +10,7 @@ Importing this module registers, in ModelScope's registries,
 both for the task ``image-portrait-stylization``. A folder written by :func:`export_modelscope`
 names them in its ``configuration.json``, so::
 
-    import dctnet_lite.modelscope_pipeline  # registers the types (once per process)
+    import dctnet_lite.tools.modelscope_pipeline  # registers the types (once per process)
     from modelscope.outputs import OutputKeys
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
@@ -35,7 +35,7 @@ Without the explicit import, ModelScope cannot resolve the types: ``configuratio
 way to name an installed package to import. Its ``plugins`` key would ``pip wheel`` the package
 from an index (dctnet-lite is not published, and it needs the network). What works offline is
 ``export_modelscope(..., remote_code=True)``: it sets ``"allow_remote": true`` and the folder's
-``ms_wrapper.py`` (written by every export; one line, ``import dctnet_lite.modelscope_pipeline``)
+``ms_wrapper.py`` (written by every export; one line, ``import dctnet_lite.tools.modelscope_pipeline``)
 is then imported by ModelScope itself when the caller passes ``trust_remote_code=True``::
 
     p = pipeline(Tasks.image_portrait_stylization, model=folder, trust_remote_code=True)
@@ -59,10 +59,10 @@ from typing import Any, Dict, Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import __version__
-from . import images as imio
-from .checkpoint import CheckpointError, read_info, resolve
-from .fileutil import atomic_write_bytes
+from .. import __version__
+from .. import images as imio
+from ..checkpoint import CheckpointError, read_info, resolve
+from ..fileutil import atomic_write_bytes
 
 TASK = "image-portrait-stylization"
 MODEL_TYPE = "dctnet-lite"
@@ -138,7 +138,7 @@ if MODELSCOPE_IMPORT_ERROR is None:
 
         def __init__(self, model_dir: str, *args, weights: str = WEIGHTS_FILE, **kwargs):
             super().__init__(model_dir, *args, **kwargs)
-            from .checkpoint import load
+            from ..checkpoint import load
 
             path = Path(model_dir) / weights
             if not path.is_file():
@@ -172,7 +172,7 @@ if MODELSCOPE_IMPORT_ERROR is None:
                 # hand on to pipeline classes from outside its own package).
                 model = DCTNetLiteModel.from_folder(os.fspath(model), device=kwargs.get("device", "gpu"))
             super().__init__(model=model, auto_collate=False, **kwargs)
-            from .inference import Cartoonizer
+            from ..inference import Cartoonizer
 
             if not isinstance(self.model, DCTNetLiteModel):
                 raise TypeError(f"{PIPELINE_TYPE} needs a {MODEL_TYPE} model (configuration.json "
@@ -212,7 +212,7 @@ ModelScope imports this file itself for a folder whose configuration.json says
 "allow_remote": true, when the caller passes trust_remote_code=True. It needs the
 dctnet-lite package installed (pip install 'dctnet-lite[modelscope]').
 """
-import dctnet_lite.modelscope_pipeline  # noqa: F401
+import dctnet_lite.tools.modelscope_pipeline  # noqa: F401
 '''
 
 
@@ -232,7 +232,7 @@ def configuration(info, weights: str = WEIGHTS_FILE, remote_code: bool = False) 
             "sha256": info.sha256,
             "provenance": info.provenance,
             "metrics": info.metrics,
-            "usage": "import dctnet_lite.modelscope_pipeline, then modelscope.pipelines.pipeline("
+            "usage": "import dctnet_lite.tools.modelscope_pipeline, then modelscope.pipelines.pipeline("
                      f"'{TASK}', model=<this folder>)",
         },
     }
@@ -245,7 +245,7 @@ def _readme(info, remote_code: bool) -> str:
     call = (", trust_remote_code=True)" if remote_code else ")")
     return (f"# dctnet_lite {info.name}\n\n{info.arch.describe()}, {info.dtype} weights, sha256 "
             f"`{info.sha256[:16]}...`.\n\n```python\n"
-            + ("" if remote_code else "import dctnet_lite.modelscope_pipeline  # registers the types\n")
+            + ("" if remote_code else "import dctnet_lite.tools.modelscope_pipeline  # registers the types\n")
             + "from modelscope.outputs import OutputKeys\nfrom modelscope.pipelines import pipeline\n\n"
             f"p = pipeline('{TASK}', model='<this folder>'{call}\n"
             "bgr = p('photo.jpg')[OutputKeys.OUTPUT_IMG]  # HxWx3 uint8 BGR\n```\n")

@@ -59,13 +59,13 @@ def variant_accuracy(target: Union[str, int, os.PathLike], images: Union[str, os
     """Accuracy of each (precision, backend) against fp32 eager (TF32 off) on ``images``.
 
     ``target``: a checkpoint name/path or a width (random init). ``images``: a folder, a file or
-    a list of files; ``split``/``limit`` select among them as in :func:`dctnet_lite.evaluate.select_images`.
+    a list of files; ``split``/``limit`` select among them as in :func:`dctnet_lite.tools.evaluate.select_images`.
     Returns ``{"target", "device", "size", "strength", "images", "reference", "bounds", "rows"}``;
     each row holds ``precision``, ``backend``, the metrics above, ``within_bounds`` and, for a
     variant that cannot run here (fp16 on some CPUs, CUDA graphs without CUDA), ``error``.
     """
     from .evaluate import load_photo, select_images
-    from .inference import resolve_device
+    from ..inference import resolve_device
 
     check_variants(precisions, backends)
     dev = resolve_device(device)
