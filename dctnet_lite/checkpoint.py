@@ -1,17 +1,23 @@
-"""Checkpoint IO: the one place that reads and writes weights.
+"""Checkpoint IO: the one place that reads, writes and finds weights.
 
 A checkpoint is a safetensors file whose string metadata carries:
 
-- ``format`` = ``dctnet-lite``, ``format_version``
-- ``arch``: the :class:`~dctnet_lite.model.ArchConfig` as JSON (widths, version)
+- ``format`` = ``dctnet-lite``, ``format_version`` (2; version 1 files have no ``family`` and are
+  two-branch ``dctnet`` checkpoints)
+- ``family``: the model family (:mod:`dctnet_lite.registry`), ``arch``: its config as JSON
 - ``provenance``: JSON (recipe, data, parent checkpoint, ...), ``metrics``: JSON
 - ``dtype``: fp32 / fp16 / bf16 of the stored tensors
 - ``sha256``: digest of the tensor payload, checked on load (a tampered file fails)
 
 Nothing is ever unpickled. Writes are atomic (temp file in the same folder, then ``os.replace``).
-Names such as ``toon-w48`` resolve through a small registry over the project's ``checkpoints/``
-folder (override with ``$DCTNET_LITE_CHECKPOINTS``); ``ms://<model id>`` fetches a ModelScope
-model directory with modelscope's ``snapshot_download`` when online.
+
+Names: a shipped name (``dctnet_w48.toon``, or a deprecated alias such as ``toon-w48``) is looked
+up in :data:`dctnet_lite.registry.WEIGHTS` and searched for, in this order, in the package's own
+``weights/`` folder (the default ships inside the wheel), in the folders of
+``$DCTNET_LITE_CHECKPOINTS`` (``os.pathsep``-separated) and in the ``checkpoints/`` folder of a
+source checkout; a file counts only when its sha256 is the table's. Any other name is looked for
+as ``<name>.safetensors`` in the ``$DCTNET_LITE_CHECKPOINTS`` folders and the checkout's
+``checkpoints/``. ``ms://<model id>`` fetches a ModelScope model directory when online.
 """
 from __future__ import annotations
 
@@ -20,17 +26,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+from torch import nn
 
+from . import registry
 from .fileutil import atomic_write_bytes
-from .model import ArchConfig, DCTNet
+from .registry import Weights
 
 FORMAT = "dctnet-lite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEFAULT_CHECKPOINTS = ("toon-w48", "toon-w64")  # the first that exists is the default
+ENV_DIRS = "DCTNET_LITE_CHECKPOINTS"
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,15 +54,23 @@ class NoTrainedCheckpoint(CheckpointError):
 @dataclasses.dataclass
 class CheckpointInfo:
     path: Path
-    arch: ArchConfig
+    arch: Any                      #: the family's config (ArchConfig for ``dctnet``)
     dtype: str
     provenance: dict
     metrics: dict
-    sha256: str
+    sha256: str                    #: of the tensor payload (see the module docstring)
+    family: str = "dctnet"
+    #: the shipped weights this file is (by file sha256), when it was resolved through the table
+    weights: Optional[Weights] = None
 
     @property
     def name(self) -> str:
+        if self.weights is not None:
+            return self.weights.name
         return self.path.name[: -len(".safetensors")] if self.path.name.endswith(".safetensors") else self.path.name
+
+    def describe(self) -> str:
+        return f"family {self.family!r}, {self.arch.describe()}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,20 +87,24 @@ def _payload_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: PathLike, model: DCTNet, *, dtype: str = "fp32",
+def save_checkpoint(path: PathLike, model: nn.Module, *, dtype: str = "fp32",
                     provenance: Optional[Mapping] = None, metrics: Optional[Mapping] = None) -> CheckpointInfo:
-    """Save ``model`` with its architecture, provenance and metrics, atomically."""
+    """Save ``model`` (of any registered family) with its family, architecture, provenance and
+    metrics, atomically."""
     from safetensors.torch import save
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if not isinstance(model, DCTNet):
-        raise TypeError(f"save_checkpoint expects a DCTNet, got {type(model).__name__}")
+    try:
+        family = registry.family_of(model)
+    except TypeError as e:
+        raise TypeError(f"save_checkpoint expects a model of a registered family: {e}") from None
     tensors = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
     digest = _payload_digest(tensors)
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
+        "family": family.name,
         "arch": model.config.to_json(),
         "dtype": dtype,
         "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
@@ -92,19 +112,23 @@ def save_checkpoint(path: PathLike, model: DCTNet, *, dtype: str = "fp32",
         "sha256": digest,
     }
     atomic_write_bytes(path, save(tensors, metadata=meta))
-    return CheckpointInfo(Path(path), model.config, dtype, dict(provenance or {}), dict(metrics or {}), digest)
+    return CheckpointInfo(Path(path), model.config, dtype, dict(provenance or {}), dict(metrics or {}),
+                          digest, family.name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-def _read(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    return path.read_bytes()
+
+
+def _parse(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    data = path.read_bytes()
     try:
         tensors = load(data)
         # load() ignores metadata: read the header ourselves (8-byte length + JSON).
@@ -116,6 +140,10 @@ def _read(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     return tensors, header.get("__metadata__") or {}
 
 
+def _read(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    return _parse(path, _read_bytes(path))
+
+
 def read_info(path: PathLike, tensors: Optional[Mapping[str, torch.Tensor]] = None,
               meta: Optional[Mapping[str, str]] = None) -> CheckpointInfo:
     """Metadata of a checkpoint (validated), without building a model."""
@@ -124,41 +152,65 @@ def read_info(path: PathLike, tensors: Optional[Mapping[str, torch.Tensor]] = No
         tensors, meta = _read(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dctnet-lite checkpoint (format={meta.get('format')!r})")
-    version = int(meta.get("format_version", -1))
+    try:
+        version = int(meta.get("format_version", -1))
+    except ValueError:
+        raise CheckpointError(f"{path} has an invalid format_version {meta.get('format_version')!r}") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {version}; this dctnet_lite reads up to "
                               f"{FORMAT_VERSION}: upgrade dctnet_lite")
+    family_name = meta.get("family", registry.DCTNET.name)  # format 1 knew one family
     try:
-        arch = ArchConfig.from_dict(json.loads(meta["arch"]))
+        family = registry.get_family(family_name)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: {e.args[0]} (upgrade dctnet_lite?)") from None
+    try:
+        arch = family.config_from_dict(json.loads(meta["arch"]))
         provenance = json.loads(meta.get("provenance", "{}"))
         metrics = json.loads(meta.get("metrics", "{}"))
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} has invalid metadata: {e}") from None
-    return CheckpointInfo(path, arch, meta.get("dtype", "fp32"), provenance, metrics, meta.get("sha256", ""))
+    return CheckpointInfo(path, arch, meta.get("dtype", "fp32"), provenance, metrics,
+                          meta.get("sha256", ""), family.name)
 
 
-def load_state(path: PathLike, expected: Optional[ArchConfig] = None) -> Tuple[Dict[str, torch.Tensor], CheckpointInfo]:
-    """Read and verify a checkpoint's tensors; with ``expected``, insist on that architecture."""
+def _mismatch(info: CheckpointInfo, family: str, config, path) -> Optional[str]:
+    if family != info.family:
+        return (f"family mismatch: checkpoint {info.describe()}, model family {family!r}, "
+                f"{config.describe()}; file {path}")
+    if config != info.arch:
+        return (f"architecture mismatch: checkpoint {info.arch.describe()}, model "
+                f"{config.describe()} ({info.arch.diff(config)}); file {path}")
+    return None
+
+
+def load_state(path: PathLike, expected: Optional[Any] = None) -> Tuple[Dict[str, torch.Tensor], CheckpointInfo]:
+    """Read and verify a checkpoint's tensors; with ``expected`` (a config of any family), insist
+    on that family and architecture."""
     path = Path(path)
-    tensors, meta = _read(path)
+    data = _read_bytes(path)
+    tensors, meta = _parse(path, data)
     info = read_info(path, tensors, meta)
     if not info.sha256 or _payload_digest(tensors) != info.sha256:
         raise CheckpointError(f"{path} failed its integrity check: the tensors do not match the "
                               f"sha256 in its metadata (tampered with or damaged)")
-    if expected is not None and expected != info.arch:
-        raise CheckpointError(f"architecture mismatch: checkpoint {info.arch.describe()}, model "
-                              f"{expected.describe()} ({info.arch.diff(expected)}); file {path}")
+    info.weights = registry.weights_by_sha256(hashlib.sha256(data).hexdigest())
+    if expected is not None:
+        problem = _mismatch(info, registry.family_of(expected).name, expected, path)
+        if problem:
+            raise CheckpointError(problem)
     return tensors, info
 
 
-def load_into(model: DCTNet, path: PathLike) -> CheckpointInfo:
-    """Load a checkpoint into an existing model, failing if the architectures differ."""
-    tensors, info = load_state(path, expected=model.config)
-    _load_strict(model, tensors, path)
+def load_into(model: nn.Module, path: PathLike) -> CheckpointInfo:
+    """Load a checkpoint into an existing model, failing (naming both sides) if its family or
+    architecture differs."""
+    tensors, info = load_state(resolve(path), expected=model.config)
+    _load_strict(model, tensors, info.path)
     return info
 
 
-def _load_strict(model: DCTNet, tensors: Mapping[str, torch.Tensor], path) -> None:
+def _load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
@@ -171,16 +223,17 @@ def _load_strict(model: DCTNet, tensors: Mapping[str, torch.Tensor], path) -> No
 
 
 def load(name_or_path: PathLike, device: Union[str, torch.device] = "cpu",
-         dtype: Optional[torch.dtype] = torch.float32) -> DCTNet:
-    """Build the right :class:`DCTNet` for a checkpoint name or path and load its weights.
+         dtype: Optional[torch.dtype] = torch.float32) -> nn.Module:
+    """Build the right network for a checkpoint name or path (of any family) and load its weights.
 
     The model is returned in eval mode on ``device``, cast to ``dtype`` (``None`` keeps the
     stored precision). ``model.checkpoint_info`` holds the metadata.
     """
     path = resolve(name_or_path)
     tensors, info = load_state(path)
+    family = registry.get_family(info.family)
     with torch.device("meta"):
-        model = DCTNet(info.arch)
+        model = family.build(info.arch)
     model = model.to_empty(device="cpu")
     _load_strict(model, tensors, path)
     model = model.to(device=device, dtype=dtype if dtype is not None else DTYPES[info.dtype])
@@ -190,42 +243,114 @@ def load(name_or_path: PathLike, device: Union[str, torch.device] = "cpu",
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry over checkpoints/
+# Finding weights: the package, $DCTNET_LITE_CHECKPOINTS, a source checkout
 # ---------------------------------------------------------------------------------------------
-def checkpoint_dirs() -> List[Path]:
-    """Folders searched for named checkpoints, in order."""
-    dirs = []
-    env = os.environ.get("DCTNET_LITE_CHECKPOINTS")
-    if env:
-        dirs += [Path(p) for p in env.split(os.pathsep) if p]
-    repo = Path(__file__).resolve().parent.parent / "checkpoints"
-    dirs.append(repo)
+def package_weights_dir() -> Path:
+    """The package's own weights folder (package data: the default checkpoint ships here)."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def repository_checkpoints_dir() -> Optional[Path]:
+    """``checkpoints/`` of the source checkout this package runs from, or None when installed."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "hubconf.py").is_file() and (root / "checkpoints").is_dir():
+        return root / "checkpoints"
+    return None
+
+
+def env_checkpoint_dirs() -> List[Path]:
+    env = os.environ.get(ENV_DIRS, "")
+    return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+
+
+def search_dirs() -> List[Tuple[str, Path]]:
+    """Where shipped weights are looked for, in order, each with where it comes from."""
+    dirs = [("package", package_weights_dir())]
+    dirs += [(f"${ENV_DIRS}", d) for d in env_checkpoint_dirs()]
+    repo = repository_checkpoints_dir()
+    if repo is not None:
+        dirs.append(("repository", repo))
     return dirs
 
 
-def list_checkpoints() -> List[CheckpointInfo]:
-    """Every readable named checkpoint in :func:`checkpoint_dirs` (first folder wins on a name)."""
-    seen, out = set(), []
-    for d in checkpoint_dirs():
-        for p in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
-            name = p.name[: -len(".safetensors")]
-            if name in seen:
+def checkpoint_dirs() -> List[Path]:
+    """Folders searched for checkpoints of other names (not shipped ones), in order."""
+    dirs = env_checkpoint_dirs()
+    repo = repository_checkpoints_dir()
+    return dirs + ([repo] if repo is not None else [])
+
+
+_SHA_CACHE: Dict[Tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file, streamed; remembered per (path, size, mtime) within the process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+@dataclasses.dataclass
+class Located:
+    """Where a shipped weights file was found (``path``), or every place looked (``looked``)."""
+
+    weights: Weights
+    path: Optional[Path]
+    source: Optional[str]
+    looked: List[str]
+    mismatched: List[str]
+
+
+def locate(weights: Weights) -> Located:
+    """Find a shipped weights file: the first candidate whose file sha256 is the table's."""
+    looked, mismatched = [], []
+    names = (weights.file,) + tuple(f"{a}.safetensors" for a in weights.aliases)
+    for source, d in search_dirs():
+        looked.append(f"{d} ({source})")
+        for fname in names:
+            cand = d / fname
+            if not cand.is_file():
                 continue
-            try:
-                out.append(read_info(p))
-                seen.add(name)
-            except CheckpointError:
-                continue
-    return out
+            sha = file_sha256(cand)
+            if sha == weights.sha256:
+                return Located(weights, cand, source, looked, mismatched)
+            mismatched.append(f"{cand} (sha256 {sha[:12]}..., expected {weights.sha256[:12]}...)")
+    return Located(weights, None, None, looked, mismatched)
+
+
+def how_to_get(weights: Weights) -> str:
+    where = ("it ships inside the dctnet-lite wheel: reinstall dctnet-lite" if weights.packaged else
+             f"it ships in the source repository's checkpoints/ folder as {weights.file}: put that "
+             f"file in a folder named by ${ENV_DIRS}")
+    return f"{where}, or rebuild it ({weights.recipe})"
+
+
+def _missing(loc: Located) -> CheckpointError:
+    w = loc.weights
+    msg = (f"checkpoint {w.name} ({w.summary}) was not found: looked for {w.file}"
+           + (f" (or {', '.join(a + '.safetensors' for a in w.aliases)})" if w.aliases else "")
+           + f" in {'; '.join(loc.looked)}")
+    if loc.mismatched:
+        msg += f"; rejected, sha256 differs from the weights table: {'; '.join(loc.mismatched)}"
+    msg += f". To get it: {how_to_get(w)}."
+    cls = NoTrainedCheckpoint if w.name == registry.DEFAULT_WEIGHTS else CheckpointError
+    return cls(msg)
 
 
 def resolve(name_or_path: PathLike) -> Path:
-    """A checkpoint name (``toon-w48``), a path, or ``ms://<model id>`` -> a local file path."""
+    """A checkpoint name (``dctnet_w48.toon``), a path, or ``ms://<model id>`` -> a local file path."""
     s = os.fspath(name_or_path)
     if s.startswith("ms://"):
         return _from_modelscope(s[len("ms://"):])
     p = Path(s).expanduser()
-    if p.suffix == ".safetensors" or os.sep in s or p.exists():
+    if p.suffix == ".safetensors" or os.sep in s or (os.altsep and os.altsep in s) or p.exists():
         if p.is_dir():
             found = sorted(p.glob("*.safetensors"))
             if len(found) != 1:
@@ -234,25 +359,56 @@ def resolve(name_or_path: PathLike) -> Path:
         if not p.exists():
             raise CheckpointError(f"checkpoint file not found: {p}")
         return p
+    weights = registry.find_weights(s)
+    if weights is not None:
+        loc = locate(weights)
+        if loc.path is None:
+            raise _missing(loc)
+        return loc.path
     for d in checkpoint_dirs():
         cand = d / f"{s}.safetensors"
         if cand.is_file():
             return cand
-    names = [c.name for c in list_checkpoints()]
-    raise CheckpointError(f"no checkpoint named {s!r}; available: {', '.join(names) or 'none'} "
-                          f"(searched {', '.join(str(d) for d in checkpoint_dirs())})")
+    others = [c.name for c in list_checkpoints() if c.weights is None]
+    raise CheckpointError(
+        f"no checkpoint named {s!r}; shipped: {', '.join(w.name for w in registry.list_weights())}"
+        + (f"; found: {', '.join(others)}" if others else "")
+        + f" (other names are looked for as {s}.safetensors in "
+        + (", ".join(str(d) for d in checkpoint_dirs()) or f"the folders of ${ENV_DIRS}, which is unset")
+        + ")")
 
 
 def default_checkpoint() -> Path:
-    """The shipped default (first of :data:`DEFAULT_CHECKPOINTS` present); never random weights."""
-    for name in DEFAULT_CHECKPOINTS:
-        for d in checkpoint_dirs():
-            if (d / f"{name}.safetensors").is_file():
-                return d / f"{name}.safetensors"
-    raise NoTrainedCheckpoint(
-        "no trained checkpoint exists: none of " + ", ".join(f"{n}.safetensors" for n in DEFAULT_CHECKPOINTS)
-        + " was found in " + ", ".join(str(d) for d in checkpoint_dirs())
-        + ". Train one (finetune/README.md) or pass --checkpoint PATH.")
+    """The shipped default (:data:`dctnet_lite.registry.DEFAULT_WEIGHTS`); never random weights."""
+    return resolve(registry.DEFAULT_WEIGHTS)
+
+
+def list_checkpoints() -> List[CheckpointInfo]:
+    """Every checkpoint available by name: the shipped weights found on disk (table order), then
+    every other readable ``*.safetensors`` in :func:`checkpoint_dirs` (first folder wins on a name)."""
+    out: List[CheckpointInfo] = []
+    for w in registry.list_weights():
+        loc = locate(w)
+        if loc.path is not None:
+            try:
+                info = read_info(loc.path)
+            except CheckpointError:
+                continue
+            info.weights = w
+            out.append(info)
+    shipped_files = {n for w in registry.list_weights()
+                     for n in (w.file,) + tuple(f"{a}.safetensors" for a in w.aliases)}
+    seen = set()
+    for d in checkpoint_dirs():
+        for p in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
+            if p.name in shipped_files or p.name in seen:
+                continue
+            try:
+                out.append(read_info(p))
+                seen.add(p.name)
+            except CheckpointError:
+                continue
+    return out
 
 
 def _from_modelscope(model_id: str) -> Path:

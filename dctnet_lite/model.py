@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -296,34 +296,3 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
         return x
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-# --------------------------------------------------------------------------------------------
-# Registry of model configurations (architectures, not weights: see dctnet_lite.checkpoint)
-# --------------------------------------------------------------------------------------------
-_MODELS: Dict[str, Callable[[], ArchConfig]] = {}
-
-
-def register_model(name: str, factory: Callable[[], ArchConfig]) -> None:
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = factory
-
-
-def list_models() -> Sequence[str]:
-    return sorted(_MODELS)
-
-
-def create_model(name_or_width: Union[str, int, ArchConfig]) -> DCTNet:
-    """Build an untrained :class:`DCTNet` from a registered name (``dctnet_w48``), a width or a config."""
-    if isinstance(name_or_width, ArchConfig):
-        return DCTNet(name_or_width)
-    if isinstance(name_or_width, int):
-        return DCTNet(ArchConfig.from_width(name_or_width))
-    if name_or_width not in _MODELS:
-        raise KeyError(f"unknown model {name_or_width!r}; registered: {', '.join(list_models())}")
-    return DCTNet(_MODELS[name_or_width]())
-
-
-for _w in (16, 24, 32, 40, 48, 56, 64):
-    register_model(f"dctnet_w{_w}", lambda _w=_w: ArchConfig.from_width(_w))
