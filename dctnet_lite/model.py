@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Dict, Mapping, Optional, Union
+import numbers
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -235,8 +236,9 @@ class UpBlock(nn.Module):
 class DCTNet(nn.Module):
     """The two-branch DCT-Net UNet. Input and output are RGB in [-1, 1].
 
-    ``forward(x, strength)`` takes any spatial size: it reflect-pads to a multiple of
-    :data:`STRIDE` and crops back. ``strength`` is a float or a per-sample ``(B,)`` tensor in [0, 1].
+    ``forward(x, strength)`` takes any spatial size: it pads to a multiple of :data:`STRIDE`
+    (:func:`pad_to_multiple`), runs :meth:`forward_padded` and crops back. ``strength`` is a float
+    or a per-sample ``(B,)`` tensor in [0, 1] (:func:`strength_vector`).
     """
 
     def __init__(self, config: Union[ArchConfig, int, None] = None):
@@ -265,34 +267,90 @@ class DCTNet(nn.Module):
             raise ValueError(f"DCTNet expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, STRIDE)
-        s = _strength_tensor(strength, x)
-        fused = [f(c, t, s) for f, c, t in zip(self.fusions, self.content(x), self.texture(x))]
+        s = strength_vector(strength, x.shape[0], x.device, x.dtype)
+        return self.forward_padded(x, s.view(-1, 1, 1, 1))[..., :h, :w]
+
+    def forward_padded(self, x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """The network body, shared by :meth:`forward` and the ONNX export: ``x`` (B, 3, H, W) in
+        [-1, 1] with H and W multiples of :data:`STRIDE` (padded by the caller), ``strength`` a
+        (B, 1, 1, 1) tensor of ``x``'s dtype (checked by the caller) -> tanh output, same shape."""
+        fused = [f(c, t, strength) for f, c, t in zip(self.fusions, self.content(x), self.texture(x))]
         y = self.bottleneck(fused[3])
         for block, skip in zip(self.decoder, (fused[2], fused[1], fused[0], x)):
             y = block(y, skip)
-        return torch.tanh(self.head(y))[..., :h, :w]
+        return torch.tanh(self.head(y))
 
 
-def _strength_tensor(strength, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(strength, (int, float)):
-        if not 0.0 <= strength <= 1.0:
+# --------------------------------------------------------------------------------------------
+# The strength rule and the padding rule (the Cartoonizer, shape buckets, CUDA graphs and the
+# ONNX export use these; nothing else decides how a strength is checked or an image padded)
+# --------------------------------------------------------------------------------------------
+def strength_vector(strength, batch: int, device: Union[str, torch.device, None] = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A float, a scalar / ``(B,)`` tensor or a sequence of ``B`` floats -> a ``(B,)`` tensor on
+    ``device`` in ``dtype``. Values must lie in [0, 1]; they are checked for floats, sequences and
+    CPU tensors, not for device tensors (checking would synchronise) nor while compiling."""
+    if isinstance(strength, numbers.Real):  # float, int, numpy scalar
+        if not 0.0 <= float(strength) <= 1.0:
             raise ValueError(f"strength must lie in [0, 1], got {strength}")
-    elif isinstance(strength, torch.Tensor) and strength.device.type == "cpu" \
-            and not torch.compiler.is_compiling() and not bool(((strength >= 0) & (strength <= 1)).all()):
+        return torch.full((batch,), float(strength), device=device, dtype=dtype)
+    if not isinstance(strength, torch.Tensor):
+        try:
+            strength = torch.as_tensor(strength, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"strength must be a float in [0, 1] or a ({batch},) tensor, "
+                             f"got {type(strength).__name__}") from None
+    if strength.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and not bool(((strength >= 0) & (strength <= 1)).all()):
         raise ValueError(f"strength must lie in [0, 1], got {strength.tolist()}")
-    s = torch.as_tensor(strength, dtype=x.dtype, device=x.device)
+    s = strength.to(device=device, dtype=dtype, non_blocking=True)
     if s.dim() == 0:
-        s = s.expand(x.shape[0])
-    if s.shape != (x.shape[0],):
-        raise ValueError(f"strength must be a scalar or a ({x.shape[0]},) tensor, got shape {tuple(s.shape)}")
-    return s.view(-1, 1, 1, 1)
+        s = s.expand(batch)
+    if s.shape != (batch,):
+        raise ValueError(f"strength must be a scalar or a ({batch},) tensor, got shape {tuple(s.shape)}")
+    return s
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad H and W at the bottom/right to a multiple: reflect where possible, else replicate."""
+def padded_side(n: int, multiple: int = STRIDE) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return -(-n // multiple) * multiple
+
+
+def pad_to_shape(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad (B, C, h, w) at the bottom/right to (height, width). The rule: reflect when the padding
+    is smaller than the side on both axes, else replicate (reflect needs padding < side)."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph, pw = height - h, width - w
+    if ph < 0 or pw < 0:
+        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
     if not ph and not pw:
         return x
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
+    """Pad H and W at the bottom/right to a multiple, by the rule of :func:`pad_to_shape`."""
+    h, w = x.shape[-2:]
+    return pad_to_shape(x, padded_side(h, multiple), padded_side(w, multiple))
+
+
+def _pad_index(n, padded, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(reflect, replicate) gather indices that pad a side of ``n`` to ``padded``."""
+    i = torch.arange(padded, device=device)
+    return torch.where(i < n, i, 2 * (n - 1) - i), i.clamp(max=n - 1)
+
+
+def pad_to_multiple_traceable(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
+    """:func:`pad_to_multiple` written without Python branches on the shape, for graph export:
+    index gathers whose indices and reflect/replicate choice are tensor ops on the runtime size
+    (a trace or ``torch.export`` would freeze :func:`pad_to_shape`'s ``if``s to the example's
+    branch). The same pixels as :func:`pad_to_multiple` for every size (tested)."""
+    h, w = x.shape[-2], x.shape[-1]
+    refl_h, rep_h = _pad_index(h, (h + multiple - 1) // multiple * multiple, x.device)
+    refl_w, rep_w = _pad_index(w, (w + multiple - 1) // multiple * multiple, x.device)
+    # the rule of pad_to_shape: the reflect index of the last padded row/column is >= 0 exactly
+    # when the padding is smaller than the side
+    reflect = (refl_h[-1] >= 0) & (refl_w[-1] >= 0)
+    x = x.index_select(2, torch.where(reflect, refl_h, rep_h))
+    return x.index_select(3, torch.where(reflect, refl_w, rep_w))
