@@ -37,7 +37,7 @@ from .registry import Weights
 
 FORMAT = "dctnet-lite"
 FORMAT_VERSION = 2
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .precision import DTYPES  # noqa: E402,F401  (the one precision table, dctnet_lite.precision)
 ENV_DIRS = "DCTNET_LITE_CHECKPOINTS"
 
 PathLike = Union[str, os.PathLike]
@@ -423,3 +423,27 @@ def _from_modelscope(model_id: str) -> Path:
         raise CheckpointError(f"could not download ModelScope model {model_id!r} (offline? the "
                               f"ModelScope hub must be reachable): {type(e).__name__}: {e}") from None
     return resolve(local)
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing and cards
+# ---------------------------------------------------------------------------------------------
+def checkpoint_rows() -> List[dict]:
+    """One row per shipped weights file (found or missing) and per other checkpoint found:
+    what ``dctnet-lite checkpoints`` prints."""
+    rows = []
+    for w in registry.list_weights():
+        loc = locate(w)
+        row = w.to_dict()
+        row.update(default=w.name == registry.DEFAULT_WEIGHTS, shipped=True,
+                   arch_description=w.config().describe(),
+                   path=str(loc.path) if loc.path else None, found_in=loc.source,
+                   how_to_get=None if loc.path else how_to_get(w))
+        rows.append(row)
+    for info in list_checkpoints():
+        if info.weights is None:
+            rows.append({"name": info.name, "family": info.family, "arch": None, "shipped": False,
+                         "default": False, "arch_description": info.arch.describe(),
+                         "path": str(info.path), "found_in": f"${ENV_DIRS} or the checkout",
+                         "metrics": info.metrics, "how_to_get": None})
+    return rows

@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Callable, Dict, List, Optional
 
 from . import __version__
+from .inference import RESIZE_MODES
+from .pipeline import cartoonize_files
+from .precision import ONNX_PRECISIONS, PRECISION_CHOICES, PRECISIONS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -30,7 +34,7 @@ def _add_cartoonize(sub) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
     p.add_argument("--size", type=int, default=None, help="longer side of the output in pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+    p.add_argument("--precision", default="auto", choices=list(PRECISION_CHOICES),
                    help="auto (default): bf16 on a CUDA GPU with native bf16, else fp32")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--tile", type=int, default=None, help="tile size for very large images")
@@ -40,7 +44,7 @@ def _add_cartoonize(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="threads that read the next images and write the finished ones while the "
                         "model runs (default: up to 8 on CUDA, 1 on CPU; 0: none)")
-    p.add_argument("--resize", default="auto", choices=["auto", "host", "device"],
+    p.add_argument("--resize", default="auto", choices=list(RESIZE_MODES),
                    help="where --size scaling runs: host (Pillow Lanczos), device (bicubic, "
                         "antialiased, on the model's device); auto (default): device on CUDA")
     p.add_argument("--overwrite-inputs", action="store_true", help="allow an output to replace an input")
@@ -80,8 +84,6 @@ def _cmd_cartoonize(a) -> int:
         if report.global_rank != 0:  # every rank has the whole report; rank 0 prints it
             return EXIT_FAILED if report.failed else EXIT_OK
     else:
-        from .inference import cartoonize_files
-
         report = cartoonize_files(a.inputs, a.output, checkpoint=a.checkpoint, strength=a.strength,
                                   size=a.size, device=a.device, precision=a.precision,
                                   batch_size=a.batch_size, tile=a.tile, ext="." + a.format,
@@ -100,9 +102,10 @@ def _cmd_cartoonize(a) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="parameters and MACs of a width or a checkpoint")
+    p = sub.add_parser("info", help="parameters and MACs of an architecture, a width or a checkpoint")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--width", type=int, default=None, help="base width (default 64)")
+    g.add_argument("--width", type=int, default=None, help="base width of the two-branch family (default 64)")
+    g.add_argument("--arch", default=None, help="a registered architecture name, e.g. dctnet_w48")
     g.add_argument("--checkpoint", default=None, help="checkpoint name or path")
     p.add_argument("--resolution", type=int, default=1024, help="square input size in pixels")
     p.add_argument("--json", action="store_true")
@@ -110,74 +113,64 @@ def _add_info(sub) -> None:
 
 
 def _cmd_info(a) -> int:
-    from .checkpoint import read_info, resolve
+    from .checkpoint import load_state, resolve
     from .model import ArchConfig
     from .profile import model_info
 
     ckpt = None
     if a.checkpoint:
-        ckpt = read_info(resolve(a.checkpoint))
+        ckpt = load_state(resolve(a.checkpoint))[1]  # verified, and named when it is shipped weights
         arch = ckpt.arch
+    elif a.arch:
+        arch = a.arch
     else:
         arch = ArchConfig.from_width(a.width or 64)
     info = model_info(arch, a.resolution)
     if ckpt is not None:
-        info.update(checkpoint=str(ckpt.path), dtype=ckpt.dtype, provenance=ckpt.provenance,
-                    metrics=ckpt.metrics)
+        info.update(checkpoint=str(ckpt.path), name=ckpt.name, dtype=ckpt.dtype, provenance=ckpt.provenance,
+                    metrics=ckpt.metrics, weights=ckpt.weights.to_dict() if ckpt.weights else None)
     if a.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return EXIT_OK
-    print(f"architecture : {info['description']}")
+    print(f"architecture : {info['family']}, {info['description']}")
     if ckpt is not None:
-        print(f"checkpoint   : {ckpt.path} ({ckpt.dtype})")
+        print(f"checkpoint   : {ckpt.name}: {ckpt.path} ({ckpt.dtype})")
     print(f"parameters   : {info['params']:,} ({info['fp16_megabytes']} MB in fp16)")
     print(f"MACs @ {a.resolution}px: {info['gmacs']:.2f} G")
     return EXIT_OK
 
 
 def _add_checkpoints(sub) -> None:
-    p = sub.add_parser("checkpoints", help="list the named checkpoints")
+    p = sub.add_parser("checkpoints", help="the shipped weights (the registry's table) and other checkpoints found",
+                       description="List the shipped weights of the registry's one table (name, architecture, "
+                                   "where each was found or that it is missing) and any other checkpoint in the "
+                                   "$DCTNET_LITE_CHECKPOINTS folders.")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the weights table as Markdown (the cards' table)")
+    p.add_argument("--update-cards", nargs="+", metavar="FILE", default=None,
+                   help="rewrite the generated weights table inside these Markdown files")
     p.set_defaults(func=_cmd_checkpoints)
 
 
 def _cmd_checkpoints(a) -> int:
-    from .checkpoint import checkpoint_dirs, list_checkpoints
+    from .cards import update_cards, weights_markdown
+    from .checkpoint import checkpoint_rows
 
-    rows = [{"name": c.name, "path": str(c.path), "arch": c.arch.describe(), "dtype": c.dtype,
-             "metrics": c.metrics} for c in list_checkpoints()]
+    if a.update_cards:
+        for f in a.update_cards:
+            print(f"{f}: {'updated' if update_cards(f) else 'already up to date'}")
+        return EXIT_OK
+    if a.markdown:
+        print(weights_markdown())
+        return EXIT_OK
+    rows = checkpoint_rows()
     if a.json:
         print(json.dumps(rows, indent=2))
-    elif not rows:
-        print("no checkpoints found in " + ", ".join(str(d) for d in checkpoint_dirs()))
-    else:
-        for r in rows:
-            print(f"{r['name']:<16} {r['arch']:<40} {r['dtype']:<5} {r['path']}")
-    return EXIT_OK
-
-
-def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="quality-vs-latency report from a recipe (eval/*.yaml)",
-                       description="Evaluate checkpoints against a reference, benchmark them and write "
-                                   "report.json, report.md and pareto.png (see eval/README.md).")
-    p.add_argument("--recipe", default="eval/quality_vs_latency.yaml", help="YAML recipe")
-    p.add_argument("--name", default=None, help="report name (folder under the recipe's reports/)")
-    p.add_argument("--checkpoints", nargs="+", default=None, help="override the recipe's checkpoints")
-    p.add_argument("--images", default=None, help="override the recipe's photo folder")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N photos")
-    p.add_argument("--out", default=None, help="write the report to this folder instead")
-    p.set_defaults(func=_cmd_eval)
-
-
-def _cmd_eval(a) -> int:
-    from .tools.report import make_report
-
-    if a.limit is not None and a.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {a.limit}")
-    out = make_report(a.recipe, a.out, name=a.name, checkpoints=a.checkpoints, images=a.images,
-                      limit=a.limit, progress=True)
-    print(f"wrote {out / 'report.md'}, {out / 'report.json'}"
-          + (f", {out / 'pareto.png'}" if (out / "pareto.png").exists() else ""))
+        return EXIT_OK
+    for r in rows:
+        where = r["path"] or "MISSING (" + r["how_to_get"] + ")"
+        default = " (default)" if r.get("default") else ""
+        print(f"{r['name'] + default:<26} {r['family']:<8} {r['arch_description']:<34} {where}")
     return EXIT_OK
 
 
@@ -185,7 +178,7 @@ def _add_variant_args(p, default_precisions: List[str]) -> None:
     """Targets and fast-path variants shared by ``bench`` and ``accuracy``."""
     p.add_argument("--checkpoint", nargs="+", default=[], help="checkpoint names or paths")
     p.add_argument("--width", nargs="+", type=int, default=[], help="base widths (random init)")
-    p.add_argument("--precision", nargs="+", default=default_precisions, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", nargs="+", default=default_precisions, choices=list(PRECISIONS))
     p.add_argument("--backend", nargs="+", default=["eager"],
                    choices=["eager", "channels_last", "compile", "cudagraphs"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
@@ -223,7 +216,7 @@ def _add_bench(sub) -> None:
                         "with the first precision and backend")
     p.add_argument("--files-size", type=int, default=1024, help="longer side for --files (default 1024)")
     p.add_argument("--files-limit", type=int, default=8, help="photos for --files (default 8)")
-    p.add_argument("--files-resize", default="auto", choices=["auto", "host", "device"],
+    p.add_argument("--files-resize", default="auto", choices=list(RESIZE_MODES),
                    help="where --files scaling runs (see cartoonize --resize)")
     p.add_argument("--files-workers", type=int, default=None,
                    help="reader/writer threads of the overlapped --files run (default as cartoonize)")
@@ -257,7 +250,7 @@ def _add_accuracy(sub) -> None:
                        description="Compare each precision x backend with the fp32 eager output (TF32 off) "
                                    "on real photos: max/mean abs error, relative L2, LPIPS; exit 1 when a "
                                    "variant is outside dctnet_lite.tools.accuracy.BOUNDS or fails.")
-    _add_variant_args(p, ["fp32", "fp16", "bf16"])
+    _add_variant_args(p, list(PRECISIONS))
     p.add_argument("--images", required=True, help="folder (recursive) or file of photos")
     p.add_argument("--split", default=None, help="keep one split of the photos (e.g. val)")
     p.add_argument("--limit", type=int, default=8, help="first N photos (default 8)")
@@ -281,61 +274,6 @@ def _cmd_accuracy(a) -> int:
     _emit_json(a, out, "\n".join(format_accuracy(r) for r in results))
     rows = [r for res in results for r in res["rows"]]
     return EXIT_FAILED if any("error" in r or not r.get("within_bounds", False) for r in rows) else EXIT_OK
-
-
-def _add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="structured channel pruning to a smaller plain checkpoint",
-                       description="Prune a checkpoint's channels with torch-pruning to a plain, smaller "
-                                   "DCTNet (see prune/README.md). Flags override the --recipe YAML.")
-    p.add_argument("--recipe", default=None, help="YAML recipe (prune/*.yaml) with the same options")
-    p.add_argument("--checkpoint", default=None, help="parent checkpoint name or path (e.g. toon-w64)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--width", type=int, default=None, help="uniform target base width (multiple of 8)")
-    g.add_argument("--ratio", type=float, default=None, help="fraction of the channels to remove, in (0, 1)")
-    g.add_argument("--macs-budget", default=None,
-                   help="fraction of the parent's MACs (0.5 or 50%%) or GMACs at 512 px (20G); global")
-    p.add_argument("--criterion", default=None,
-                   help="channel importance: l1 (default), l2, taylor, lamp, fpgm or random")
-    p.add_argument("--calibration", default=None,
-                   help="folder of images: needed by taylor; when given, the output drift is measured")
-    p.add_argument("--calib-images", type=int, default=None, help="calibration images used (default 8)")
-    p.add_argument("--calib-size", type=int, default=None, help="calibration crop side in px (default 256)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
-    p.add_argument("--global", dest="global_pruning", action=argparse.BooleanOptionalAction, default=None,
-                   help="rank all channel groups together (default: on for --macs-budget, off otherwise)")
-    p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this (8)")
-    p.add_argument("--drift", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure LPIPS/L1 drift on the calibration images (default: when given)")
-    p.add_argument("-o", "--output", default=None, help="checkpoint to write (.safetensors)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="stored precision")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_cmd_prune)
-
-
-def _cmd_prune(a) -> int:
-    from .tools.prune import prune_main
-
-    result = prune_main(a.recipe, checkpoint=a.checkpoint, width=a.width, ratio=a.ratio,
-                        macs_budget=a.macs_budget, criterion=a.criterion, calibration=a.calibration,
-                        calib_images=a.calib_images, calib_size=a.calib_size, seed=a.seed,
-                        global_pruning=a.global_pruning, round_to=a.round_to, drift=a.drift,
-                        output=a.output, dtype=a.dtype)
-    r, m = result.report, result.metrics
-    if a.json:
-        print(json.dumps(r, indent=2, sort_keys=True))
-        return EXIT_OK
-    print(f"pruned {r['parent_description']} -> {r['description']} "
-          f"(criterion {r['provenance']['criterion']}, {r['steps']} step(s), {r['seconds']:.1f} s)")
-    print(f"parameters : {m['params_before']:,} -> {m['params_after']:,} ({m['params_ratio']:.3f}x)")
-    print(f"GMACs @512 : {m['macs_512_before'] / 1e9:.2f} -> {m['macs_512_after'] / 1e9:.2f} "
-          f"({m['macs_ratio']:.3f}x); @1024: {m['macs_1024_before'] / 1e9:.2f} -> "
-          f"{m['macs_1024_after'] / 1e9:.2f}")
-    if "drift_l1" in m:
-        lp = m.get("drift_lpips_alex")
-        print(f"drift      : LPIPS(alex) {'n/a' if lp is None else f'{lp:.4f}'}, L1 {m['drift_l1']:.4f} "
-              f"on {m['drift_images']} image(s) at {m['drift_size']} px (s=1, before fine-tuning)")
-    print(f"wrote {r['output']}" if r.get("output") else "not saved (no -o/--output)")
-    return EXIT_OK
 
 
 def _add_export_modelscope(sub) -> None:
@@ -407,7 +345,7 @@ def _cmd_render(a) -> int:
     return EXIT_FAILED if report["failed"] else EXIT_OK
 
 
-VERBS: List[Callable] = [_add_cartoonize, _add_render, _add_info, _add_checkpoints, _add_export, _add_eval, _add_bench, _add_accuracy, _add_prune,
+VERBS: List[Callable] = [_add_cartoonize, _add_render, _add_info, _add_checkpoints, _add_export, _add_bench, _add_accuracy,
                          _add_export_modelscope]
 
 def _add_export_onnx(sub) -> None:
@@ -417,7 +355,7 @@ def _add_export_onnx(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint name or path")
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="network precision")
+    p.add_argument("--precision", default="fp32", choices=list(ONNX_PRECISIONS), help="network precision")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
                    help="torch.onnx exporter (default dynamo; torchscript is the deprecated legacy one)")
     p.add_argument("--static", nargs=3, type=int, default=None, metavar=("B", "H", "W"),
@@ -465,6 +403,10 @@ VERBS.append(_add_export_onnx)
 PASSTHROUGH: Dict[str, tuple] = {
     "train": ("dctnet_lite.train.cli", "train_main",
               "train or distil with a LightningCLI recipe (--config finetune/*.yaml)"),
+    "prune": ("dctnet_lite.tools.prune", "cli_main",
+              "structured channel pruning to a smaller plain checkpoint (--config prune/*.yaml)"),
+    "eval": ("dctnet_lite.tools.report", "cli_main",
+             "quality-vs-latency report from a recipe (--config eval/*.yaml)"),
 }
 
 
@@ -491,10 +433,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
 
+    # deprecation notes (old checkpoint names, --recipe) as one line each, not a source excerpt
+    warnings.formatwarning = lambda msg, cat, *_a, **_k: f"dctnet-lite: {cat.__name__}: {msg}\n"
+
     try:
         return args.func(args)
     except (CLIError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"dctnet-lite {args.verb}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyError as e:  # unknown registry names: the message is the first argument
+        print(f"dctnet-lite {args.verb}: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -5,7 +5,7 @@ import torch
 
 import dctnet_lite
 from dctnet_lite import ArchConfig, CheckpointError, DCTNet, load, load_into, read_info, save_checkpoint
-from dctnet_lite.checkpoint import NoTrainedCheckpoint, default_checkpoint, list_checkpoints, resolve
+from dctnet_lite.checkpoint import list_checkpoints, resolve
 from dctnet_lite.model import widths_from_base
 
 
@@ -65,13 +65,20 @@ def test_foreign_safetensors_rejected(tmp_path):
         load(p)
 
 
-def test_metadata_is_json_and_never_pickled(tiny_ckpt):
+def test_metadata_is_json_and_loading_never_unpickles(tiny_ckpt, monkeypatch):
+    import pickle
+
     raw = tiny_ckpt.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     meta = json.loads(raw[8:8 + n])["__metadata__"]
-    assert json.loads(meta["arch"])["base_width"] == 8
-    assert meta["format"] == "dctnet-lite" and len(meta["sha256"]) == 64
-    assert b"\x80\x04" not in raw[:8 + n]  # no pickle protocol header in the header
+    assert json.loads(meta["arch"])["base_width"] == 8 and meta["family"] == "dctnet"
+    assert meta["format"] == "dctnet-lite" and meta["format_version"] == "2" and len(meta["sha256"]) == 64
+
+    def refuse(*a, **k):
+        raise AssertionError("a checkpoint load tried to unpickle")
+    for mod, name in ((pickle, "loads"), (pickle, "load"), (torch, "load")):
+        monkeypatch.setattr(mod, name, refuse)
+    assert load(tiny_ckpt).config.base_width == 8
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, tiny_model, monkeypatch):
@@ -89,16 +96,13 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, tiny_model, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left behind
 
 
-def test_registry_names_and_default(tmp_path, tiny_model, monkeypatch):
+def test_other_names_resolve_through_the_environment_folders(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("DCTNET_LITE_CHECKPOINTS", str(tmp_path))
-    monkeypatch.setattr(dctnet_lite.checkpoint, "DEFAULT_CHECKPOINTS", ("zz-missing",))
-    with pytest.raises(NoTrainedCheckpoint, match="no trained checkpoint exists"):
-        default_checkpoint()
     save_checkpoint(tmp_path / "mine-w8.safetensors", tiny_model)
     assert resolve("mine-w8") == tmp_path / "mine-w8.safetensors"
     assert "mine-w8" in [c.name for c in list_checkpoints()]
     assert read_info(resolve("mine-w8")).arch.base_width == 8
-    with pytest.raises(CheckpointError, match="no checkpoint named 'nope'"):
+    with pytest.raises(CheckpointError, match="no checkpoint named 'nope'; shipped: dctnet_w48.toon"):
         resolve("nope")
 
 
