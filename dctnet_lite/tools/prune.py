@@ -39,20 +39,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
+import json
 import math
 import os
 import random
+import re
+import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from .. import __version__
+from ..checkpoint import file_sha256, load, resolve, save_checkpoint
+from ..images import list_images, read_image
 from ..model import CHANNEL_MULTIPLE, ArchConfig, DCTNet, channel_groups
+from ..profile import count_macs, count_params
+from .lpips_offline import lpips_distance
+from .recipes import (as_argv, check_config_files, check_keys, config_files, exit_code, parse,
+                      portable_path, rewrite_argv, sources)
 
 CRITERIA = ("l1", "l2", "taylor", "lamp", "fpgm", "random")
 NEEDS_CALIBRATION = frozenset({"taylor"})
@@ -62,9 +72,6 @@ BUDGET_MAX_RATIO = 0.9     # schedule of the MACs-budget search: up to 90% of th
 BUDGET_STEPS = 90          # ... in 1% steps; it stops as soon as the budget is met
 MAX_GROUP_RATIO = 0.95     # torch-pruning's max_pruning_ratio per layer in the budget search
 TARGET_KEYS = ("width", "ratio", "macs_budget")
-RECIPE_KEYS = ("checkpoint", "width", "ratio", "macs_budget", "criterion", "calibration",
-               "calib_images", "calib_size", "seed", "global_pruning", "round_to", "drift",
-               "output", "dtype")
 _EPS = 1e-9  # keeps torch-pruning's int(n * (1 - ratio)) from truncating 47.9999 to 47
 
 PathLike = Union[str, os.PathLike]
@@ -88,8 +95,6 @@ class PruneResult:
 
     def save(self, path: PathLike, dtype: str = "fp32"):
         """Write a checkpoint with the provenance and metrics in its metadata."""
-        from ..checkpoint import save_checkpoint
-
         info = save_checkpoint(path, self.model, dtype=dtype, provenance=self.provenance,
                                metrics=self.metrics)
         self.report["output"] = str(path)
@@ -148,8 +153,6 @@ _MACS_CACHE: Dict[Tuple[str, int], int] = {}
 
 def _count_macs(config: ArchConfig, size: int) -> int:
     """:func:`dctnet_lite.profile.count_macs` (square, batch 1), memoised per architecture."""
-    from ..profile import count_macs
-
     key = (config.to_json(), size)
     if key not in _MACS_CACHE:
         _MACS_CACHE[key] = count_macs(config, size)
@@ -160,14 +163,6 @@ def _floor_to(n: float, multiple: int) -> int:
     return int(n + _EPS) // multiple * multiple
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Calibration images and output drift
 # ---------------------------------------------------------------------------------------------
@@ -175,10 +170,6 @@ def load_calibration(folder: Optional[PathLike], count: int = 8, size: int = 256
                      seed: int = 0, why: str = "") -> Tuple[torch.Tensor, List[Path]]:
     """Up to ``count`` images of ``folder`` (a seeded sample when there are more), resized so the
     short side is ``size`` and centre-cropped square -> ``(N, 3, size, size)`` in [-1, 1]."""
-    from PIL import Image
-
-    from ..images import list_images, read_image
-
     need = f" ({why})" if why else ""
     if folder is None:
         raise ValueError(f"a calibration folder is required{need}: pass calibration=DIR / --calibration DIR")
@@ -222,8 +213,6 @@ def output_drift(pruned_out: torch.Tensor, parent_out: torch.Tensor) -> dict:
     l1 = (a - b).abs().flatten(1).mean(1)
     out = {"drift_l1": float(l1.mean()), "drift_l1_max": float(l1.max())}
     try:
-        from .lpips_offline import lpips_distance
-
         d = torch.cat([lpips_distance(a[i:i + 4], b[i:i + 4], net="alex") for i in range(0, len(a), 4)])
         out.update(drift_lpips_alex=float(d.mean()), drift_lpips_alex_max=float(d.max()))
     except Exception as e:  # weights unavailable offline: keep L1, say why LPIPS is missing
@@ -298,49 +287,49 @@ def _importance(criterion: str):
 
 
 def _resolve_parent(model_or_checkpoint) -> Tuple[DCTNet, dict]:
-    """-> (fp32 parent in eval mode, provenance fields about it)."""
-    from ..checkpoint import load, resolve
+    """-> (fp32 parent in eval mode, provenance fields about it).
 
+    Paths are stored portably (:func:`dctnet_lite.tools.report.portable_path`: relative to the
+    current directory when inside it, else the file name); the sha256 identifies the file.
+    """
     if isinstance(model_or_checkpoint, DCTNet):
         parent = model_or_checkpoint
         info = getattr(parent, "checkpoint_info", None)
         prov = {"parent_checkpoint": None, "parent_sha256": None}
         if info is not None:
-            prov = {"parent_checkpoint": str(info.path), "parent_payload_sha256": info.sha256,
-                    "parent_sha256": _file_sha256(info.path) if Path(info.path).is_file() else None}
+            prov = {"parent_checkpoint": portable_path(info.path), "parent_payload_sha256": info.sha256,
+                    "parent_sha256": file_sha256(info.path) if Path(info.path).is_file() else None}
         # a private fp32 CPU copy in eval mode: the caller's model (dtype, device, mode) is left alone
         return copy.deepcopy(parent).to("cpu", torch.float32).eval(), prov
     if isinstance(model_or_checkpoint, nn.Module):
         raise TypeError(f"prune() expects a DCTNet or a checkpoint, got {type(model_or_checkpoint).__name__}")
     path = resolve(model_or_checkpoint)
     parent = load(path, device="cpu", dtype=torch.float32)
-    return parent.eval(), {"parent_checkpoint": str(path), "parent_sha256": _file_sha256(path),
+    return parent.eval(), {"parent_checkpoint": portable_path(path), "parent_sha256": file_sha256(path),
                            "parent_payload_sha256": parent.checkpoint_info.sha256}
 
 
 # ---------------------------------------------------------------------------------------------
-# Pruning
+# Pruning: check the options, resolve the target, run the pruner, rebuild, report
 # ---------------------------------------------------------------------------------------------
-def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] = None,
-          ratio: Optional[float] = None, macs_budget: Union[float, str, None] = None,
-          criterion: str = "l1", calibration: Optional[PathLike] = None, calib_images: int = 8,
-          calib_size: int = 256, seed: int = 0, global_pruning: Optional[bool] = None,
-          round_to: int = CHANNEL_MULTIPLE, drift: Optional[bool] = None) -> PruneResult:
-    """Prune a DCTNet (a model or a checkpoint name/path) to a plain, smaller DCTNet.
+@dataclasses.dataclass
+class TargetPlan:
+    """A pruning target resolved against the parent.
 
-    Give exactly one target: ``width`` (uniform), ``ratio`` (per group, or over all channels with
-    ``global_pruning=True``) or ``macs_budget`` (global by default; see :func:`parse_macs_budget`).
-    ``calibration`` is a folder of images: required by ``criterion="taylor"``; when given, the
-    drift (LPIPS alex and L1 between the pruned and the parent outputs at s=1, before any
-    fine-tuning) is measured on ``calib_images`` of them at ``calib_size`` px. ``drift=True``
-    insists on measuring it, ``drift=False`` skips it. The parent is not modified.
+    ``step_ratio`` is the single-step pruning ratio (``None``: the MACs-budget search);
+    ``expected`` the exact channel table a single per-group step must produce (``None`` when the
+    result is not known in advance: global ranking); ``target`` the provenance record.
     """
-    import torch_pruning as tp
 
-    from ..profile import count_params
+    target: Dict[str, Any]
+    global_pruning: bool
+    step_ratio: Optional[float]
+    expected: Optional[Dict[str, int]]
 
-    t0 = time.perf_counter()
-    # ---- arguments that need no model
+
+def check_options(*, width, ratio, macs_budget, criterion: str, calibration, seed: int, round_to: int,
+                  global_pruning, drift) -> None:
+    """The checks that need no model (ValueError with the reason)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     given = [k for k, v in (("width", width), ("ratio", ratio), ("macs_budget", macs_budget)) if v is not None]
@@ -361,14 +350,11 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
             else "drift=True measures the output drift on it"
         raise ValueError(f"a calibration folder of images is required: {why}")
 
-    parent, parent_prov = _resolve_parent(model_or_checkpoint)
-    before = channel_table(parent)
-    parent_config = config_of(parent)
-    parent_macs_512 = _count_macs(parent_config, 512)
 
-    # ---- the target, validated against the parent
-    expected = None  # exact channel table for the single-step (per group) targets
-    target: Dict[str, Any]
+def resolve_target(parent_config: ArchConfig, before: Dict[str, int], *, width=None, ratio=None,
+                   macs_budget=None, global_pruning: Optional[bool] = None,
+                   round_to: int = CHANNEL_MULTIPLE) -> TargetPlan:
+    """Step 1: validate the one target against the parent and turn it into a :class:`TargetPlan`."""
     if width is not None:
         if isinstance(width, bool) or not isinstance(width, int) or width <= 0 or width % CHANNEL_MULTIPLE:
             raise ValueError(f"width must be a positive multiple of {CHANNEL_MULTIPLE}, got {width!r}")
@@ -383,15 +369,12 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
         if global_pruning:
             raise ValueError("a width target is uniform: global_pruning=True does not apply "
                              "(use ratio or macs_budget for a non-uniform result)")
-        global_pruning = False
-        step_ratio = (pw - width) / pw - _EPS
-        expected = ArchConfig.from_width(width, parent_config.num_res_blocks).widths
-        target = {"width": width, "parent_width": pw}
-    elif ratio is not None:
+        return TargetPlan({"width": width, "parent_width": pw}, False, (pw - width) / pw - _EPS,
+                          ArchConfig.from_width(width, parent_config.num_res_blocks).widths)
+    if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
             raise ValueError(f"ratio must lie strictly between 0 and 1, got {ratio!r}")
-        global_pruning = bool(global_pruning)
-        step_ratio = float(ratio) - _EPS
+        expected = None
         if not global_pruning:
             expected = {k: _floor_to(v * (1 - ratio), round_to) for k, v in before.items()}
             empty = {k: before[k] for k, v in expected.items() if v < round_to}
@@ -401,29 +384,26 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
             if expected == before:
                 raise ValueError(f"ratio {ratio} removes no channel once counts are rounded to "
                                  f"multiples of {round_to}")
-        target = {"ratio": float(ratio)}
-    else:
-        frac, budget_macs = parse_macs_budget(macs_budget, parent_macs_512)
-        floor_cfg = ArchConfig.from_channels({k: round_to for k in before}, parent_config.num_res_blocks)
-        floor_macs = _count_macs(floor_cfg, 512)
-        if budget_macs < floor_macs:
-            raise ValueError(f"macs_budget {macs_budget!r} = {budget_macs / 1e9:.3f} GMACs at 512 px is "
-                             f"below the smallest reachable network ({floor_macs / 1e9:.3f} GMACs, every "
-                             f"group at {round_to} channels; parent {parent_macs_512 / 1e9:.3f})")
-        global_pruning = True if global_pruning is None else global_pruning
-        step_ratio = None
-        target = {"macs_budget": macs_budget if isinstance(macs_budget, str) else float(macs_budget),
-                  "macs_budget_fraction": frac, "macs_budget_512": budget_macs}
+        return TargetPlan({"ratio": float(ratio)}, bool(global_pruning), float(ratio) - _EPS, expected)
+    parent_macs_512 = _count_macs(parent_config, 512)
+    frac, budget_macs = parse_macs_budget(macs_budget, parent_macs_512)
+    floor_cfg = ArchConfig.from_channels({k: round_to for k in before}, parent_config.num_res_blocks)
+    floor_macs = _count_macs(floor_cfg, 512)
+    if budget_macs < floor_macs:
+        raise ValueError(f"macs_budget {macs_budget!r} = {budget_macs / 1e9:.3f} GMACs at 512 px is "
+                         f"below the smallest reachable network ({floor_macs / 1e9:.3f} GMACs, every "
+                         f"group at {round_to} channels; parent {parent_macs_512 / 1e9:.3f})")
+    target = {"macs_budget": macs_budget if isinstance(macs_budget, str) else float(macs_budget),
+              "macs_budget_fraction": frac, "macs_budget_512": budget_macs}
+    return TargetPlan(target, True if global_pruning is None else global_pruning, None, None)
 
-    # ---- calibration images (Taylor gradients, drift)
-    want_drift = calibration is not None if drift is None else drift
-    images, files = None, []
-    if calibration is not None and (want_drift or criterion in NEEDS_CALIBRATION):
-        why = "Taylor importance" if criterion in NEEDS_CALIBRATION else "output drift"
-        images, files = load_calibration(calibration, calib_images, calib_size, seed, why=why)
-    parent_out = _outputs(parent, images) if images is not None else None
 
-    # ---- torch-pruning
+def run_pruner(parent: DCTNet, plan: TargetPlan, *, criterion: str, round_to: int, seed: int,
+               images: Optional[torch.Tensor] = None,
+               parent_out: Optional[torch.Tensor] = None) -> Tuple[DCTNet, int]:
+    """Step 2: torch-pruning on a copy of ``parent`` -> (the pruned module, steps taken)."""
+    import torch_pruning as tp
+
     work = copy.deepcopy(parent).requires_grad_(True)
     work.zero_grad(set_to_none=True)
     example = torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE)
@@ -431,17 +411,16 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
     steps_done = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        importance = _importance(criterion)
-        common = dict(importance=importance, global_pruning=global_pruning,
+        common = dict(importance=_importance(criterion), global_pruning=plan.global_pruning,
                       ignored_layers=[work.head], round_to=round_to)
-        if step_ratio is not None:
-            pruner = Pruner(work, (example, 1.0), pruning_ratio=step_ratio, iterative_steps=1, **common)
+        if plan.step_ratio is not None:
+            pruner = Pruner(work, (example, 1.0), pruning_ratio=plan.step_ratio, iterative_steps=1, **common)
         else:
             pruner = Pruner(work, (example, 1.0), pruning_ratio=BUDGET_MAX_RATIO,
                             iterative_steps=BUDGET_STEPS, max_pruning_ratio=MAX_GROUP_RATIO, **common)
         if criterion == "taylor":
             _taylor_gradients(work, images, parent_out, seed)
-        if step_ratio is not None:
+        if plan.step_ratio is not None:
             pruner.step()
             steps_done = 1
         else:
@@ -451,22 +430,28 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
                 pruner.step()
                 steps_done += 1
                 frac_now = conv_macs(work) / ref
-                if frac_now <= target["macs_budget_fraction"]:
+                if frac_now <= plan.target["macs_budget_fraction"]:
                     break
             else:
-                raise ValueError(f"macs_budget {macs_budget!r} not reached: after {steps_done} "
-                                 f"steps the network keeps {frac_now:.3f} of the parent's MACs")
+                raise ValueError(f"macs_budget {plan.target['macs_budget']!r} not reached: after "
+                                 f"{steps_done} steps the network keeps {frac_now:.3f} of the parent's MACs")
     work.zero_grad(set_to_none=True)
     work.eval()
+    return work, steps_done
 
-    # ---- back to a plain DCTNet
+
+def rebuild_plain(work: DCTNet, plan: TargetPlan, num_res_blocks: int,
+                  images: Optional[torch.Tensor] = None) -> Tuple[DCTNet, ArchConfig, float]:
+    """Step 3: a fresh :class:`DCTNet` of the pruned layers' :class:`ArchConfig`, loaded strictly and
+    checked to give the pruned module's outputs -> (model, config, max |difference|)."""
     after = channel_table(work)
-    if expected is not None and after != expected:
-        diffs = ", ".join(f"{k}: {after[k]} (expected {expected[k]})" for k in after if after[k] != expected[k])
+    if plan.expected is not None and after != plan.expected:
+        diffs = ", ".join(f"{k}: {after[k]} (expected {plan.expected[k]})"
+                          for k in after if after[k] != plan.expected[k])
         raise RuntimeError(f"torch-pruning did not produce the requested channel counts: {diffs}")
     if after["merge0"] <= 0 or work.head.out_channels != 3:
         raise RuntimeError(f"pruning broke the output head: {work.head}")
-    config = ArchConfig.from_channels(after, num_res_blocks=parent_config.num_res_blocks)
+    config = ArchConfig.from_channels(after, num_res_blocks=num_res_blocks)
     model = DCTNet(config)
     model.load_state_dict({k: v.detach().clone() for k, v in work.state_dict().items()}, strict=True)
     model.eval().requires_grad_(True)
@@ -477,52 +462,107 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
     if diff > 1e-6:
         raise RuntimeError(f"the rebuilt {config.describe()} DCTNet differs from the pruned module "
                            f"(max |diff| {diff:.3g})")
+    return model, config, diff
 
-    # ---- report
+
+def prune_report(parent: DCTNet, parent_prov: dict, model: DCTNet, plan: TargetPlan, *, criterion: str,
+                 round_to: int, seed: int, steps: int, diff: float, calibration=None, files=(),
+                 calib_size: int = 256, drift: Optional[dict] = None, seconds: float = 0.0) -> dict:
+    """Step 4: the report (provenance, metrics, channel tables). No absolute path goes in it:
+    the calibration folder as given (relative paths stay relative) and its files relative to it."""
+    parent_config, config = config_of(parent), config_of(model)
     metrics = {
         "params_before": count_params(parent), "params_after": count_params(model),
-        "macs_512_before": parent_macs_512, "macs_512_after": _count_macs(config, 512),
+        "macs_512_before": _count_macs(parent_config, 512), "macs_512_after": _count_macs(config, 512),
         "macs_1024_before": _count_macs(parent_config, 1024), "macs_1024_after": _count_macs(config, 1024),
     }
     metrics["params_ratio"] = round(metrics["params_after"] / metrics["params_before"], 4)
     metrics["macs_ratio"] = round(metrics["macs_512_after"] / metrics["macs_512_before"], 4)
-    if want_drift and images is not None:
-        metrics.update(output_drift(_outputs(model, images), parent_out))
+    if drift is not None:
+        metrics.update(drift)
         metrics.update(drift_images=len(files), drift_size=calib_size, drift_strength=1.0)
+    root = Path(calibration).expanduser() if calibration is not None else None
     provenance = {
         "stage": "prune",
         **parent_prov,
         "parent_arch": parent_config.to_dict(),
         "criterion": criterion,
-        "target": target,
-        "global_pruning": global_pruning,
+        "target": plan.target,
+        "global_pruning": plan.global_pruning,
         "round_to": round_to,
         "seed": seed,
-        "calibration": str(Path(calibration).expanduser()) if calibration is not None else None,
+        "calibration": portable_path(root),
         "calibration_count": len(files),
         "calib_size": calib_size if files else None,
-        "torch_pruning": getattr(tp, "__version__", "unknown"),
+        "torch_pruning": _torch_pruning_version(),
         "torch": torch.__version__,
     }
     if criterion == "taylor":
         provenance["taylor_loss"] = (f"L1(model(x + N(0, {TAYLOR_NOISE}^2), s=1), parent(x, s=1)), "
                                      f"gradients once on the parent")
-    from .. import __version__
-
     provenance["dctnet_lite"] = __version__
-    report = {
+    return {
         "provenance": provenance,
         "metrics": metrics,
         "arch": config.to_dict(),
         "description": config.describe(),
         "parent_description": parent_config.describe(),
-        "channels_before": before,
-        "channels_after": after,
-        "steps": steps_done,
+        "channels_before": channel_table(parent),
+        "channels_after": channel_table(model),
+        "steps": steps,
         "rebuild_max_abs_diff": diff,
-        "calibration_files": [str(f) for f in files],
-        "seconds": round(time.perf_counter() - t0, 3),
+        "calibration_files": [Path(f).relative_to(root).as_posix() for f in files],
+        "seconds": round(seconds, 3),
     }
+
+
+def _torch_pruning_version() -> str:
+    import torch_pruning as tp
+
+    return getattr(tp, "__version__", "unknown")
+
+
+def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] = None,
+          ratio: Optional[float] = None, macs_budget: Union[float, str, None] = None,
+          criterion: str = "l1", calibration: Optional[PathLike] = None, calib_images: int = 8,
+          calib_size: int = 256, seed: int = 0, global_pruning: Optional[bool] = None,
+          round_to: int = CHANNEL_MULTIPLE, drift: Optional[bool] = None) -> PruneResult:
+    """Prune a DCTNet (a model or a checkpoint name/path) to a plain, smaller DCTNet.
+
+    Give exactly one target: ``width`` (uniform), ``ratio`` (per group, or over all channels with
+    ``global_pruning=True``) or ``macs_budget`` (global by default; see :func:`parse_macs_budget`).
+    ``calibration`` is a folder of images: required by ``criterion="taylor"``; when given, the
+    drift (LPIPS alex and L1 between the pruned and the parent outputs at s=1, before any
+    fine-tuning) is measured on ``calib_images`` of them at ``calib_size`` px. ``drift=True``
+    insists on measuring it, ``drift=False`` skips it. The parent is not modified.
+
+    The steps: :func:`check_options`, :func:`resolve_target`, :func:`run_pruner`,
+    :func:`rebuild_plain`, :func:`prune_report`.
+    """
+    t0 = time.perf_counter()
+    check_options(width=width, ratio=ratio, macs_budget=macs_budget, criterion=criterion,
+                  calibration=calibration, seed=seed, round_to=round_to,
+                  global_pruning=global_pruning, drift=drift)
+    parent, parent_prov = _resolve_parent(model_or_checkpoint)
+    plan = resolve_target(config_of(parent), channel_table(parent), width=width, ratio=ratio,
+                          macs_budget=macs_budget, global_pruning=global_pruning, round_to=round_to)
+
+    # calibration images (Taylor gradients, drift)
+    want_drift = calibration is not None if drift is None else drift
+    images, files = None, []
+    if calibration is not None and (want_drift or criterion in NEEDS_CALIBRATION):
+        why = "Taylor importance" if criterion in NEEDS_CALIBRATION else "output drift"
+        images, files = load_calibration(calibration, calib_images, calib_size, seed, why=why)
+    parent_out = _outputs(parent, images) if images is not None else None
+
+    work, steps = run_pruner(parent, plan, criterion=criterion, round_to=round_to, seed=seed,
+                             images=images, parent_out=parent_out)
+    model, config, diff = rebuild_plain(work, plan, config_of(parent).num_res_blocks, images)
+    drift_metrics = output_drift(_outputs(model, images), parent_out) \
+        if want_drift and images is not None else None
+    report = prune_report(parent, parent_prov, model, plan, criterion=criterion, round_to=round_to,
+                          seed=seed, steps=steps, diff=diff, calibration=calibration, files=files,
+                          calib_size=calib_size, drift=drift_metrics, seconds=time.perf_counter() - t0)
     return PruneResult(model=model, config=config, report=report)
 
 
@@ -544,50 +584,171 @@ def _taylor_gradients(model: DCTNet, images: torch.Tensor, parent_out: torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipes (YAML) and the CLI entry point
+# Recipes: one jsonargparse parser for `dctnet-lite prune` and prune_main()
 # ---------------------------------------------------------------------------------------------
-def read_recipe(path: PathLike) -> dict:
-    """A pruning recipe: a YAML mapping of :data:`RECIPE_KEYS`."""
-    import yaml
+#: Every recipe key: (key, type, default, help). ``--config FILE`` (repeatable: later files overlay
+#: earlier ones) and the command line set them; ``--print_config`` shows the merged recipe.
+RECIPE_OPTIONS: Tuple[Tuple[str, Any, Any, str], ...] = (
+    ("checkpoint", Optional[str], None, "parent: a checkpoint name (dctnet_w64.toon) or a path"),
+    ("width", Optional[int], None, "target: uniform base width (a multiple of 8, below the parent's)"),
+    ("ratio", Optional[float], None, "target: fraction of the channels to remove, in (0, 1)"),
+    ("macs_budget", Union[float, str, None], None,
+     "target: fraction of the parent's MACs (0.5, '50%') or GMACs at 512 px ('20G'); global"),
+    ("criterion", str, "l1", f"channel importance: {', '.join(CRITERIA)}"),
+    ("calibration", Optional[str], None,
+     "folder of images (--data): needed by taylor; when given, the output drift is measured on it"),
+    ("calib_images", int, 8, "calibration images used (a seeded sample of the folder)"),
+    ("calib_size", int, 256, "calibration crop side in px"),
+    ("seed", int, 0, "seeds the calibration sample, the Taylor noise and the random criterion"),
+    ("global_pruning", Optional[bool], None,
+     "rank all channel groups together (default: on for macs_budget, off otherwise)"),
+    ("round_to", int, CHANNEL_MULTIPLE, "channel counts stay multiples of this"),
+    ("drift", Optional[bool], None, "measure LPIPS/L1 drift on the calibration images (default: when given)"),
+    ("output", Optional[str], None,
+     "checkpoint to write; {width}, {ratio}, {criterion}, ... are replaced by the options' values"),
+    ("dtype", str, "fp32", "stored precision of the checkpoint: fp32, fp16 or bf16"),
+)
+RECIPE_KEYS = tuple(k for k, *_ in RECIPE_OPTIONS)
+_YES_NO = ("global_pruning", "drift")
+#: Spellings of the argparse CLI that came before the recipes (still accepted).
+_LEGACY_FLAGS = {"--recipe": "--config", "--global": "--global_pruning", "--no-global": "--no_global_pruning",
+                 "--no-drift": "--no_drift"}
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"recipe {p} not found")
-    with open(p) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"recipe {p} must be a mapping of options, got {type(data).__name__}")
-    return data
+
+def build_parser(prog: str = "dctnet-lite prune"):
+    """The jsonargparse parser of a pruning recipe (the ``dctnet-lite prune`` command line)."""
+    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+    parser = ArgumentParser(
+        prog=prog, exit_on_error=False,
+        description="Prune a checkpoint's channels with torch-pruning to a plain, smaller DCTNet "
+                    "(prune/README.md). Options come from --config FILE (repeatable: later files "
+                    "overlay earlier ones) and the command line, in that order; a target given later "
+                    "(width, ratio or macs_budget) replaces an earlier one.")
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="a recipe YAML (prune/*.yaml); --recipe FILE is a deprecated alias")
+    for key, typ, default, help_text in RECIPE_OPTIONS:
+        flags = [f"--{key}"]
+        if "_" in key:
+            flags.append(f"--{key.replace('_', '-')}")
+        if key == "calibration":
+            flags.append("--data")
+        if key == "output":
+            flags.insert(0, "-o")
+        if key in _YES_NO:
+            parser.add_argument(f"--{key}", action=ActionYesNo, default=None, help=help_text)
+        else:
+            parser.add_argument(*flags, type=typ, default=default, help=help_text)
+    parser.add_argument("--json", action=ActionYesNo, default=False, help="print the report as JSON")
+    return parser
 
 
-def prune_main(recipe_or_kwargs: Union[PathLike, Mapping, None] = None, **overrides) -> PruneResult:
-    """Run a recipe (YAML path or mapping) with ``overrides`` on top; save if it names an output.
+def parse_recipe(argv: Sequence[str]) -> dict:
+    """A pruning recipe from command-line arguments (``--config FILE`` ..., ``--width 48`` ...).
+
+    Returns the merged options (every key of :data:`RECIPE_KEYS`, plus ``json`` and ``config``,
+    the files read, portable). The last source (a config or a flag, in command-line order) that
+    names a target decides it: targets that source does not set are cleared, so
+    ``--config prune/uniform.yaml --macs_budget 30G`` replaces the recipe's width. Raises
+    ValueError (one line) on an unknown key or a bad value.
+    """
+    argv = rewrite_argv(argv, "prune", _LEGACY_FLAGS)
+    show = [a for a in argv if str(a).split("=")[0] == "--print_config"]
+    argv = [a for a in argv if a not in show]
+    known = {k: None for k in RECIPE_KEYS + ("json",)}
+    last: set = set()
+    for source, mapping in sources(argv):
+        keys = {source[2:].replace("-", "_")} if mapping is None else {k for k, v in mapping.items() if v is not None}
+        if mapping is not None:
+            check_keys(mapping, known, "pruning", source)
+        if keys & set(TARGET_KEYS):
+            last = keys & set(TARGET_KEYS)
+    parser = build_parser()
+    cfg = parse(parser, argv)
+    for k in TARGET_KEYS:
+        if last and k not in last:
+            cfg[k] = None
+    if show:  # after the target rule, so that it prints the recipe that would run
+        print(parser.dump(cfg, skip_none=False), end="")
+        raise SystemExit(0)
+    opts = cfg.as_dict()
+    opts["config"] = [portable_path(p) for p in config_files(cfg)]
+    return opts
+
+
+def output_path(template: Optional[str], opts: Mapping) -> Optional[str]:
+    """``output`` with ``{width}``, ``{criterion}``, ... replaced by the recipe's values."""
+    if template is None:
+        return None
+    try:
+        return str(template).format(**{k: opts.get(k) for k in RECIPE_KEYS})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"output {template!r}: cannot fill in {e}; use {{width}}, {{ratio}}, "
+                         f"{{macs_budget}}, {{criterion}}, {{seed}} ...") from None
+
+
+def run_recipe(opts: Mapping) -> PruneResult:
+    """Prune as a parsed recipe says (see :func:`parse_recipe`); save when it names an output."""
+    opts = dict(opts)
+    checkpoint = opts.get("checkpoint")
+    if checkpoint is None:
+        raise ValueError("no parent checkpoint: give checkpoint (recipe) or --checkpoint")
+    output = output_path(opts.get("output"), opts)
+    kwargs = {k: opts[k] for k in RECIPE_KEYS if k in opts and k not in ("checkpoint", "output", "dtype")}
+    result = prune(checkpoint, **kwargs)
+    if output is not None:
+        result.save(output, dtype=opts.get("dtype") or "fp32")
+    return result
+
+
+def prune_main(recipe_or_kwargs: Union[PathLike, Mapping, Sequence, None] = None, **overrides) -> PruneResult:
+    """Run a recipe (a YAML path, a mapping, or a list of them: later ones overlay earlier ones)
+    with ``overrides`` on top; save if it names an output.
 
     Keys: :data:`RECIPE_KEYS` (``checkpoint`` is the parent, ``output`` the file to write,
     ``dtype`` its precision). An override that sets a target (width, ratio, macs_budget) replaces
     the recipe's target; ``None`` overrides are ignored. Relative paths are relative to the
-    current directory.
+    current directory. The same parser as ``dctnet-lite prune --config FILE`` checks every key.
     """
-    if recipe_or_kwargs is None:
-        opts: Dict[str, Any] = {}
-    elif isinstance(recipe_or_kwargs, Mapping):
-        opts = dict(recipe_or_kwargs)
-    else:
-        opts = read_recipe(recipe_or_kwargs)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if any(k in overrides for k in TARGET_KEYS):
-        for k in TARGET_KEYS:
-            opts.pop(k, None)
-    opts.update(overrides)
-    unknown = sorted(set(opts) - set(RECIPE_KEYS))
-    if unknown:
-        raise ValueError(f"unknown pruning option(s) {unknown}; known: {', '.join(RECIPE_KEYS)}")
-    checkpoint = opts.pop("checkpoint", None)
-    if checkpoint is None:
-        raise ValueError("no parent checkpoint: give checkpoint (recipe) or --checkpoint")
-    output = opts.pop("output", None)
-    dtype = opts.pop("dtype", "fp32")
-    result = prune(checkpoint, **opts)
-    if output is not None:
-        result.save(output, dtype=dtype)
-    return result
+    opts = parse_recipe(as_argv(recipe_or_kwargs) + (as_argv(overrides) if overrides else []))
+    return run_recipe(opts)
+
+
+def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``dctnet-lite prune``: exit 0 on success, 1 when pruning fails, 2 on a usage error."""
+    from ..checkpoint import CheckpointError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_config_files(argv)
+        opts = parse_recipe(argv)
+    except SystemExit as e:  # --help, --print_config
+        return exit_code(e)
+    except FileNotFoundError as e:
+        print(f"dctnet-lite prune: error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"dctnet-lite prune: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = run_recipe(opts)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"dctnet-lite prune: error: {e}", file=sys.stderr)
+        return 1
+    r, m = result.report, result.metrics
+    if opts.get("json"):
+        print(json.dumps(r, indent=2, sort_keys=True))
+        return 0
+    print(f"pruned {r['parent_description']} -> {r['description']} "
+          f"(criterion {r['provenance']['criterion']}, {r['steps']} step(s), {r['seconds']:.1f} s)")
+    print(f"parameters : {m['params_before']:,} -> {m['params_after']:,} ({m['params_ratio']:.3f}x)")
+    print(f"GMACs @512 : {m['macs_512_before'] / 1e9:.2f} -> {m['macs_512_after'] / 1e9:.2f} "
+          f"({m['macs_ratio']:.3f}x); @1024: {m['macs_1024_before'] / 1e9:.2f} -> "
+          f"{m['macs_1024_after'] / 1e9:.2f}")
+    if "drift_l1" in m:
+        lp = m.get("drift_lpips_alex")
+        print(f"drift      : LPIPS(alex) {'n/a' if lp is None else f'{lp:.4f}'}, L1 {m['drift_l1']:.4f} "
+              f"on {m['drift_images']} image(s) at {m['drift_size']} px (s=1, before fine-tuning)")
+    print(f"wrote {r['output']}" if r.get("output") else "not saved (no -o/--output)")
+    return 0

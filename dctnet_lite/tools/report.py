@@ -22,76 +22,164 @@ Pillow (plainer, same content).
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import datetime as _dt
+import io
 import json
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from PIL import Image, ImageDraw
+
+from .. import __version__
+from ..checkpoint import CheckpointError, resolve
 from ..fileutil import atomic_write_bytes
+from .bench import ANCHOR, bench
+from .evaluate import LOWER_IS_BETTER, evaluate
+from .recipes import (as_argv, check_config_files, check_keys, config_files, dump, exit_code, parse,
+                      portable_path, portable_tree, rewrite_argv, sources)
 
-DEFAULT_RECIPE = {
-    "name": None,
-    "base_dir": ".",
-    "checkpoints": [],
-    "quality": {
-        "reference": "renderer", "self_reference": "renderer", "images": None, "split": None,
-        "limit": None, "strengths": [1.0, 0.5], "sizes": [512],
-        "metrics": ["lpips_alex", "lpips_vgg", "psnr", "ssim"], "device": "cpu",
-        "interval": "bootstrap",
-    },
-    "bench": {
-        "targets": None, "widths": [], "resolutions": [512, 1024], "batches": [1],
-        "precisions": ["fp32"], "backends": ["eager"], "device": "cpu", "threads": None,
-        "warmup": 2, "repeats": 5, "cold_start": True, "cold_start_size": None,
-    },
-    "pareto": {"metric": "lpips_alex", "strength": 1.0, "size": None, "resolution": None,
-               "batch": 1, "precision": None, "backend": "best"},
-    "extra_bench": [],
-}
 METRIC_TITLES = {"lpips_alex": "LPIPS (alex)", "lpips_vgg": "LPIPS (vgg)", "psnr": "PSNR (dB)",
                  "ssim": "SSIM"}
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipe
+# Recipe: three sections (each may be false) and the top-level keys, parsed by jsonargparse
 # ---------------------------------------------------------------------------------------------
-def load_recipe(recipe: Union[Mapping, str, os.PathLike]) -> Tuple[dict, Optional[Path]]:
-    """A recipe dict (defaults filled in) and the file it came from (``None`` for a dict)."""
-    src = None
-    if isinstance(recipe, Mapping):
-        raw = copy.deepcopy(dict(recipe))
-    else:
-        import yaml
+@dataclasses.dataclass
+class Quality:
+    """What is evaluated against what (dctnet_lite.tools.evaluate.evaluate)."""
 
-        src = Path(recipe)
-        if not src.is_file():
-            raise FileNotFoundError(f"recipe not found: {src}")
-        raw = yaml.safe_load(src.read_text()) or {}
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"{src}: a recipe must be a YAML mapping")
-    unknown = set(raw) - set(DEFAULT_RECIPE)
-    if unknown:
-        raise ValueError(f"unknown recipe field(s) {sorted(unknown)}; known: {sorted(DEFAULT_RECIPE)}")
-    out = copy.deepcopy(DEFAULT_RECIPE)
-    for key, value in raw.items():
-        if key in ("quality", "bench", "pareto") and value not in (None, False):
-            if not isinstance(value, Mapping):
-                raise ValueError(f"recipe field {key!r} must be a mapping (or false to skip it)")
-            bad = set(value) - set(DEFAULT_RECIPE[key])
-            if bad:
-                raise ValueError(f"unknown {key} field(s) {sorted(bad)}; known: {sorted(DEFAULT_RECIPE[key])}")
-            out[key].update(value)
-        else:
-            out[key] = value
-    if not out["name"]:
-        out["name"] = src.stem if src is not None else "report"
-    if out["extra_bench"] is None:
-        out["extra_bench"] = []
-    return out, src
+    reference: str = "renderer"
+    self_reference: Optional[str] = "renderer"
+    images: Optional[str] = None
+    split: Optional[str] = None
+    limit: Optional[int] = None
+    strengths: List[float] = dataclasses.field(default_factory=lambda: [1.0, 0.5])
+    sizes: List[int] = dataclasses.field(default_factory=lambda: [512])
+    metrics: List[str] = dataclasses.field(default_factory=lambda: ["lpips_alex", "lpips_vgg", "psnr", "ssim"])
+    device: str = "cpu"
+    interval: str = "bootstrap"
+
+
+@dataclasses.dataclass
+class Bench:
+    """What is timed (dctnet_lite.tools.bench.bench)."""
+
+    targets: Optional[List[Union[int, str]]] = None
+    widths: List[int] = dataclasses.field(default_factory=list)
+    resolutions: List[int] = dataclasses.field(default_factory=lambda: [512, 1024])
+    batches: List[int] = dataclasses.field(default_factory=lambda: [1])
+    precisions: List[str] = dataclasses.field(default_factory=lambda: ["fp32"])
+    backends: List[str] = dataclasses.field(default_factory=lambda: ["eager"])
+    device: str = "cpu"
+    threads: Optional[int] = None
+    warmup: int = 2
+    repeats: int = 5
+    cold_start: bool = True
+    cold_start_size: Optional[int] = None
+
+
+@dataclasses.dataclass
+class Pareto:
+    """The two coordinates of the Pareto plot."""
+
+    metric: str = "lpips_alex"
+    strength: float = 1.0
+    size: Optional[int] = None
+    resolution: Optional[int] = None
+    batch: int = 1
+    precision: Optional[str] = None
+    backend: str = "best"
+
+
+SECTIONS = {"quality": Quality, "bench": Bench, "pareto": Pareto}
+TOP_KEYS = ("name", "base_dir", "checkpoints", "quality", "bench", "pareto", "extra_bench")
+#: Every recipe field: top-level keys -> the fields of their section (None: not a section).
+RECIPE_FIELDS: Dict[str, Optional[Tuple[str, ...]]] = {
+    k: tuple(f.name for f in dataclasses.fields(SECTIONS[k])) if k in SECTIONS else None for k in TOP_KEYS}
+#: Short flags of the earlier CLI, still accepted.
+_ALIASES = {"--recipe": "--config", "--images": "--quality.images", "--data": "--quality.images",
+            "--limit": "--quality.limit"}
+#: The shipped recipe, read when no --config is given (relative to the current directory).
+DEFAULT_CONFIG = "eval/quality_vs_latency.yaml"
+
+
+def build_parser(prog: str = "dctnet-lite eval"):
+    """The jsonargparse parser of an eval recipe (the ``dctnet-lite eval`` command line)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse.typing import path_type
+
+    parser = ArgumentParser(
+        prog=prog, exit_on_error=False,
+        description="Evaluate checkpoints against a reference, benchmark them and write report.json, "
+                    "report.md and pareto.png (eval/README.md). Options come from --config FILE "
+                    "(repeatable: later files overlay earlier ones; default " + DEFAULT_CONFIG + ") and "
+                    "the command line (--quality.images DIR, --bench.threads 2, ...). Short forms: "
+                    "--images/--data DIR (quality.images), --limit N (quality.limit).")
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="a recipe YAML (eval/*.yaml); --recipe FILE is a deprecated alias")
+    parser.add_argument("--name", type=Optional[str], default=None,
+                        help="report folder name (default: the first config file's stem)")
+    parser.add_argument("--base_dir", type=Optional[path_type("dr")], default=None,
+                        help="folder that relative paths start from, itself relative to the config file "
+                             "that sets it (default: the first config file's folder)")
+    parser.add_argument("--checkpoints", type=str, nargs="+", default=[],
+                        help="checkpoint names or paths to evaluate and benchmark")
+    for key, cls in SECTIONS.items():
+        parser.add_argument(f"--{key}", type=Union[cls, bool], default=cls(),
+                            help=f"{cls.__doc__} false: skip the section")
+    parser.add_argument("--extra_bench", type=Optional[List[str]], default=[],
+                        help="bench JSON files measured elsewhere, shown as extra latency tables")
+    parser.add_argument("--out", type=Optional[str], default=None,
+                        help="write the report to this folder (default: <first config folder>/reports/<name>)")
+    return parser
+
+
+def _section(value, cls) -> Union[dict, bool]:
+    if value is False or value is None:
+        return False
+    if value is True:
+        return dataclasses.asdict(cls())
+    return dict(value) if isinstance(value, Mapping) else dataclasses.asdict(value)
+
+
+def parse_recipe(argv: Sequence[str]) -> Tuple[dict, List[str]]:
+    """An eval recipe from command-line arguments -> (recipe dict, the config files in order).
+
+    The recipe has every field (defaults filled in; a skipped section is ``False``), ``base_dir``
+    resolved (an absolute path), ``name`` and ``out`` as given. Raises ValueError (one line) on an
+    unknown field or a bad value.
+    """
+    argv = rewrite_argv(argv, "eval", _ALIASES)
+    for source, mapping in sources(argv):
+        if mapping is not None:
+            check_keys(mapping, {**RECIPE_FIELDS, "out": None}, "recipe", source)
+    parser = build_parser()
+    cfg = parse(parser, argv)
+    files = config_files(cfg)
+    recipe = dump(parser, cfg)
+    for key, cls in SECTIONS.items():
+        recipe[key] = _section(recipe.get(key), cls)
+    recipe["extra_bench"] = list(recipe.get("extra_bench") or [])
+    recipe["checkpoints"] = list(recipe.get("checkpoints") or [])
+    base = cfg.get("base_dir")
+    first = Path(files[0]).parent if files else Path.cwd()
+    recipe["base_dir_resolved"] = os.path.normpath(base.absolute if base is not None else first.absolute())
+    if not recipe.get("name"):
+        recipe["name"] = Path(files[0]).stem if files else "report"
+    return recipe, files
+
+
+def load_recipe(recipe: Union[Mapping, str, os.PathLike, Sequence]) -> Tuple[dict, Optional[Path]]:
+    """A recipe (a mapping, a YAML path, or a list of them: later ones overlay earlier ones) with
+    defaults filled in, and the first file it came from (``None`` for a mapping)."""
+    cfg, files = parse_recipe(as_argv(recipe))
+    return cfg, (Path(files[0]) if files else None)
 
 
 def _looks_like_path(s: str) -> bool:
@@ -138,8 +226,6 @@ def pareto_front(points: Sequence[Tuple[float, float]],
 
 def pareto_points(quality: dict, bench_result: dict, cfg: Mapping) -> dict:
     """Join quality rows and bench rows per checkpoint and mark the front (see module doc)."""
-    from .evaluate import LOWER_IS_BETTER
-
     metric = cfg["metric"]
     strength = float(cfg["strength"])
     size = int(cfg["size"] or quality["sizes"][0])
@@ -229,18 +315,12 @@ def plot_pareto(pareto: dict, path: Union[str, os.PathLike]) -> str:
 
 
 def _png_bytes(fig) -> bytes:
-    import io
-
     b = io.BytesIO()
     fig.savefig(b, format="png")
     return b.getvalue()
 
 
 def _plot_pillow(pareto: dict, path: Path) -> None:
-    import io
-
-    from PIL import Image, ImageDraw
-
     W, H, L, R, T, B = 900, 600, 90, 30, 40, 70
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
@@ -387,8 +467,8 @@ def anchor_markdown(anchor: Mapping) -> List[str]:
 
 def report_markdown(report: dict) -> str:
     lines = [f"# Quality vs latency: {report['name']}", "",
-             f"Generated {report['created']} by dctnet_lite {report.get('dctnet_lite', '')} from recipe "
-             f"`{report.get('recipe_path') or '(dict)'}`.", ""]
+             f"Generated {report['created']} by dctnet_lite {report.get('dctnet_lite', '')} from "
+             f"{_recipe_words(report)}.", ""]
     if report.get("bench"):
         lines += [f"Measured on: {machine_line(report['bench']['machine'])}.", ""]
     if report.get("quality"):
@@ -413,8 +493,6 @@ def report_markdown(report: dict) -> str:
 
 
 def _anchor(report: dict) -> dict:
-    from .bench import ANCHOR
-
     return (report.get("bench") or {}).get("anchor") or ANCHOR
 
 
@@ -430,53 +508,73 @@ def _load_bench_json(path: Path) -> dict:
     return data
 
 
-def make_report(recipe: Union[Mapping, str, os.PathLike], out_dir: Union[str, os.PathLike, None] = None,
+def _recipe_words(report: Mapping) -> str:
+    files = report.get("config_files") or ([report["recipe_path"]] if report.get("recipe_path") else [])
+    if not files:
+        return "a recipe given as a dict"
+    return "`" + " ".join(f"--config {f}" for f in files) + "`"
+
+
+def make_report(recipe: Union[Mapping, str, os.PathLike, Sequence], out_dir: Union[str, os.PathLike, None] = None,
                 *, name: Optional[str] = None, checkpoints: Optional[Sequence[str]] = None,
                 images: Optional[str] = None, limit: Optional[int] = None,
                 progress: bool = False) -> Path:
     """Run a recipe's evaluation and benchmark; write the report folder and return its path.
 
-    The folder is ``out_dir`` when given, else ``<recipe folder>/reports/<name>`` (for a dict
+    ``recipe``: a mapping, a YAML path, or a list of them (later ones overlay earlier ones), read
+    by the same parser as ``dctnet-lite eval --config FILE``. The folder is ``out_dir`` when given,
+    else the recipe's ``out``, else ``<first recipe file's folder>/reports/<name>`` (for a dict
     recipe: ``eval/reports/<name>`` under the current directory). It holds ``report.json`` (the
     recipe as run, the full evaluate and bench results, the Pareto points, imported benches),
     ``report.md`` and ``pareto.png`` (when there are both quality and latency figures).
-    ``name``, ``checkpoints``, ``images`` and ``limit`` override the recipe (the CLI flags).
+    ``name``, ``checkpoints``, ``images`` and ``limit`` override the recipe.
     """
-    from .. import __version__
-    from .bench import bench
-    from .evaluate import evaluate
-
-    cfg, src = load_recipe(recipe)
+    cfg, files = parse_recipe(as_argv(recipe))
     if name:
         cfg["name"] = name
     if checkpoints:
         cfg["checkpoints"] = list(checkpoints)
     if images and cfg["quality"]:
-        cfg["quality"]["images"] = images
+        cfg["quality"]["images"] = str(images)
     if limit is not None and cfg["quality"]:
         cfg["quality"]["limit"] = limit
-    here = src.parent if src is not None else Path.cwd()
-    base = Path(_resolve_path(cfg["base_dir"] or ".", here))
+    return run_report(cfg, files, out_dir, progress=progress)
+
+
+def run_report(cfg: dict, files: Sequence[str] = (), out_dir: Union[str, os.PathLike, None] = None,
+               progress: bool = False) -> Path:
+    """Run a parsed recipe (:func:`parse_recipe`) and write the report folder.
+
+    Nothing machine-specific is written: every path in ``report.json`` and ``report.md`` is
+    relative to the recipe's ``base_dir`` (the repository root for the shipped recipes) or, for a
+    file outside it, its bare name (:func:`dctnet_lite.tools.recipes.portable_path`).
+    """
+    cfg = dict(cfg)
+    base = Path(cfg.pop("base_dir_resolved", None) or Path.cwd())
+    out_opt = cfg.pop("out", None)
     if out_dir is None:
-        out_dir = (src.parent / "reports" / cfg["name"]) if src is not None \
-            else Path("eval") / "reports" / cfg["name"]
+        out_dir = out_opt or ((Path(files[0]).parent / "reports" / cfg["name"]) if files
+                              else Path("eval") / "reports" / cfg["name"])
     out_dir = Path(out_dir)
     ckpts = [_resolve_spec(c, base) for c in cfg["checkpoints"] or []]
 
     report = {"name": cfg["name"], "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "dctnet_lite": __version__, "recipe_path": str(src) if src else None, "recipe": cfg,
+              "dctnet_lite": __version__, "recipe_path": files[0] if files else None,
+              "config_files": list(files), "recipe": cfg,
               "quality": None, "bench": None, "pareto": None, "extra_bench": []}
     q = cfg["quality"]
     if q:
         if not ckpts:
             raise ValueError("the recipe names no checkpoints to evaluate")
         if not q.get("images"):
-            raise ValueError("the recipe's quality section needs 'images' (a folder of photos)")
+            raise ValueError("the recipe's quality section needs 'images' (a folder of photos: "
+                             "quality.images, --images DIR)")
         report["quality"] = evaluate(
             ckpts, _resolve_spec(q["reference"], base), _resolve_path(q["images"], base),
             strengths=q["strengths"], sizes=q["sizes"], metrics=q["metrics"], device=q["device"],
             limit=q["limit"], split=q["split"], self_reference=_resolve_spec(q["self_reference"], base),
             interval_method=q["interval"], progress=progress)
+        report["quality"]["images"] = q["images"]  # as the recipe spells it (relative to base_dir)
     b = cfg["bench"]
     if b:
         if b.get("targets"):
@@ -504,10 +602,38 @@ def make_report(recipe: Union[Mapping, str, os.PathLike], out_dir: Union[str, os
     out_dir.mkdir(parents=True, exist_ok=True)
     if report["pareto"]:
         report["pareto"]["plot"] = plot_pareto(report["pareto"], out_dir / "pareto.png")
+    report = portable_tree(_json_safe(report), root=base)
     atomic_write_bytes(out_dir / "report.json",
-                       (json.dumps(_json_safe(report), indent=2, default=str, allow_nan=False) + "\n").encode())
+                       (json.dumps(report, indent=2, default=str, allow_nan=False) + "\n").encode())
     atomic_write_bytes(out_dir / "report.md", report_markdown(report).encode())
     return out_dir
+
+
+def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``dctnet-lite eval``: exit 0 on success, 1 when the run fails, 2 on a usage error."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = any(str(a).split("=")[0] in ("--config", "--recipe") for a in argv)
+    if not named and Path(DEFAULT_CONFIG).is_file():
+        argv = ["--config", DEFAULT_CONFIG] + argv
+    try:
+        check_config_files(argv)
+        cfg, files = parse_recipe(argv)
+    except SystemExit as e:  # --help, --print_config
+        return exit_code(e)
+    except FileNotFoundError as e:
+        print(f"dctnet-lite eval: error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"dctnet-lite eval: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        out = run_report(cfg, files, progress=True)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"dctnet-lite eval: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'}"
+          + (f", {out / 'pareto.png'}" if (out / "pareto.png").exists() else ""))
+    return 0
 
 
 def _json_safe(obj):
@@ -531,8 +657,6 @@ def _unique_by(rows, key):
 
 
 def _existing(specs):
-    from ..checkpoint import CheckpointError, resolve
-
     out = []
     for s in specs:
         try:
