@@ -5,8 +5,9 @@ inside the helpers that encode or decode images), so a server can use the cache 
 
 The key (:func:`cache_key`) is the hex sha256 of, in this order::
 
-    b"dctnet-lite-result-v1\\0"
-    json.dumps({"checkpoint": <checkpoint sha256>, "precision": "fp32" | "fp16" | "bf16",
+    b"dctnet-lite-result-v2\\0"
+    json.dumps({"buckets": <list of ints or null>, "checkpoint": <checkpoint sha256>,
+                "precision": "fp32" | "fp16" | "bf16", "resize": "host" | "device" | null,
                 "size": <int or null>, "strength": <float as repr()>,
                 "tile": <int or null>, "tile_overlap": <int>},
                sort_keys=True, separators=(",", ":")).encode()
@@ -19,12 +20,21 @@ same digest computed from its state dict). ``<image bytes>`` is, for a file inpu
 bytes exactly as on disk (``b"file\\0" + bytes``); for an in-memory PIL image or array, the
 decoded pixels the model would see (``b"pixels\\0"``, then the RGB uint8 array's shape and bytes
 after EXIF orientation and resizing to ``size`` (by Pillow; as given when the resize is on the
-device, whose key says so: see below), then the alpha plane's shape and bytes or
-``b"-"``): see :func:`file_image_bytes` and :func:`pixel_image_bytes`. Tiling changes the output
-slightly, so it is part of the key; the device (CPU or CUDA) is not. Two more settings of the
-:class:`~dctnet_lite.inference.Cartoonizer` change pixels and are appended to ``precision``:
-``";buckets=256,384,..."`` when inputs are padded to shape buckets, and ``";resize=device"`` when
-a ``size`` is resized on the device instead of by Pillow.
+device, whose key says so), then the alpha plane's shape and bytes or ``b"-"``): see
+:func:`file_image_bytes` and :func:`pixel_image_bytes`. Every setting of the
+:class:`~dctnet_lite.inference.Cartoonizer` that changes pixels has its own field; the device
+(CPU or CUDA) does not change them beyond rounding and is not in the key:
+
+- ``precision``: the resolved precision the network ran in;
+- ``buckets``: the shape-bucket sides inputs are padded to (bucket padding changes border
+  pixels slightly), ``null`` without buckets;
+- ``resize``: where a ``size`` is resized, ``"host"`` (Pillow Lanczos) or ``"device"``
+  (antialiased bicubic on the model's device); ``null`` when ``size`` is ``null`` (nothing is
+  resized);
+- ``tile`` / ``tile_overlap``: tiling changes the output slightly.
+
+Keys of version 1 (``dctnet-lite-result-v1``, where ``precision`` also carried the buckets and
+resize settings) are never produced again: such entries simply miss and age out.
 
 The value is the finished output as PNG bytes (RGB, or RGBA when the input had alpha), so a hit
 returns exactly what the miss returned.
@@ -46,7 +56,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 try:  # POSIX: eviction is serialised between processes with an advisory lock
     import fcntl
@@ -55,7 +65,8 @@ except ImportError:  # pragma: no cover - Windows: eviction is still safe, just 
 
 log = logging.getLogger(__name__)
 
-KEY_VERSION = b"dctnet-lite-result-v1"
+KEY_VERSION = b"dctnet-lite-result-v2"
+RESIZE_PLACES = ("host", "device")
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _STALE_TEMP_SECONDS = 3600.0
@@ -65,11 +76,19 @@ _STALE_TEMP_SECONDS = 3600.0
 # Keys
 # ---------------------------------------------------------------------------------------------
 def cache_key(image_bytes: bytes, checkpoint_sha256: str, strength: float, size: Optional[int],
-              precision: str, tile: Optional[int] = None, tile_overlap: int = 64) -> str:
-    """The cache key of one request (hex sha256; see the module docstring for the exact layout)."""
+              precision: str, tile: Optional[int] = None, tile_overlap: int = 64, *,
+              buckets: Optional[Sequence[int]] = None, resize: str = "host") -> str:
+    """The cache key of one request (hex sha256; see the module docstring for the exact layout).
+
+    ``buckets``: the shape-bucket sides, or ``None``/empty without buckets; ``resize``: where a
+    ``size`` is resized, ``"host"`` or ``"device"`` (not part of the key without a ``size``)."""
+    if resize not in RESIZE_PLACES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_PLACES)}, got {resize!r}")
     params = {
+        "buckets": sorted({int(b) for b in buckets}) if buckets else None,
         "checkpoint": str(checkpoint_sha256),
         "precision": str(precision),
+        "resize": None if size is None else resize,
         "size": None if size is None else int(size),
         "strength": repr(float(strength)),
         "tile": None if tile is None else int(tile),

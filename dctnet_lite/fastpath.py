@@ -1,19 +1,22 @@
 """GPU fast path helpers: precision resolution, shape buckets and a CUDA-graph runner.
 
 - :func:`resolve_precision`: ``"auto"`` -> ``bf16`` on a CUDA device with native bf16
-  (Ampere and newer), ``fp32`` on older GPUs and on the CPU.
-- :func:`bucket_shape` / :func:`pad_to_shape`: round an image up to one of a few fixed sizes, so
-  that a ``torch.compile``-d network (which recompiles for new shapes) or a captured CUDA graph
-  (which is only valid for the shapes it was captured with) is reused across images of nearby
-  sizes. The padding is reflect where possible, else replicate (the rule of
-  :func:`dctnet_lite.model.pad_to_multiple`), and the output is cropped back. Padding gives the
-  pixels near the bottom/right border a different context than the plain multiple-of-16
-  padding, so bucketed outputs agree with unbucketed ones closely but not bit for bit (exactly
-  when the bucket equals the multiple-of-16 padded size).
+  (Ampere and newer), ``fp32`` on older GPUs and on the CPU; the names are those of the one
+  table, :data:`dctnet_lite.precision.PRECISIONS`.
+- :func:`bucket_shape`: round an image up to one of a few fixed sizes, so that a
+  ``torch.compile``-d network (which recompiles for new shapes) or a captured CUDA graph (which
+  is only valid for the shapes it was captured with) is reused across images of nearby sizes.
+  The image is padded to its bucket by the one padding rule,
+  :func:`dctnet_lite.model.pad_to_shape` (reflect where possible, else replicate; re-exported
+  here), and the output is cropped back. Padding gives the pixels near the bottom/right border a
+  different context than the plain multiple-of-16 padding, so bucketed outputs agree with
+  unbucketed ones closely but not bit for bit (exactly when the bucket equals the
+  multiple-of-16 padded size).
 - :class:`GraphRunner`: captures ``fn(x, strength)`` once per (input shape, strides, dtype) in a
   :class:`torch.cuda.CUDAGraph` with static input, strength and output buffers, and replays it.
-  The strength is a static ``(B,)`` device tensor that each call copies into, so a new strength
-  never forces a new capture.
+  The strength is a static ``(B,)`` device tensor that each call copies into (checked by the one
+  strength rule, :func:`dctnet_lite.model.strength_vector`), so a new strength never forces a new
+  capture.
 """
 from __future__ import annotations
 
@@ -21,13 +24,15 @@ import collections
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
+
+# pad_to_shape is re-exported: the padding rule and the strength rule live in the model module
+from .model import STRIDE, pad_to_shape, padded_side, strength_vector  # noqa: F401
+from .precision import AUTO, PRECISION_CHOICES, check_precision
 
 #: Bucket sides (px) for compiled / CUDA-graph inference; beyond the largest, multiples of 256.
 DEFAULT_BUCKETS = (256, 384, 512, 768, 1024, 1536, 2048)
 #: Rounding step beyond the largest bucket.
 LARGE_STEP = 256
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,9 +52,8 @@ def cuda_bf16_supported(device: Union[str, torch.device, None] = None) -> bool:
 
 def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
     """``fp32``/``fp16``/``bf16`` as given; ``auto``: bf16 on CUDA when native, else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
+    check_precision(precision, PRECISION_CHOICES)
+    if precision != AUTO:
         return precision
     device = torch.device(device)
     return "bf16" if device.type == "cuda" and cuda_bf16_supported(device) else "fp32"
@@ -58,11 +62,7 @@ def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Shape buckets
 # ---------------------------------------------------------------------------------------------
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-def bucket_side(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, multiple: int = 16) -> int:
+def bucket_side(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, multiple: int = STRIDE) -> int:
     """The smallest bucket >= ``n`` (rounded up to ``multiple``); beyond the largest bucket,
     ``n`` rounded up to a multiple of 256 (and of ``multiple``)."""
     if isinstance(n, bool) or int(n) != n or n < 1:
@@ -70,12 +70,12 @@ def bucket_side(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, multiple: int 
     if multiple < 1:
         raise ValueError(f"multiple must be >= 1, got {multiple}")
     fits = [int(b) for b in buckets if int(b) >= n]
-    side = min(fits) if fits else _round_up(int(n), LARGE_STEP)
-    return _round_up(side, multiple)
+    side = min(fits) if fits else padded_side(int(n), LARGE_STEP)
+    return padded_side(side, multiple)
 
 
 def bucket_shape(h: int, w: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 multiple: int = 16) -> Tuple[int, int]:
+                 multiple: int = STRIDE) -> Tuple[int, int]:
     """(H, W) of the bucket an ``h x w`` image is padded to: each side independently the
     smallest bucket >= it; beyond the largest bucket, rounded up to a multiple of 256. Always a
     multiple of ``multiple`` (the network's total stride, 16).
@@ -102,40 +102,6 @@ def normalize_buckets(buckets) -> Optional[Tuple[int, ...]]:
     if out[0] < 1:
         raise ValueError(f"buckets must be positive, got {tuple(buckets)!r}")
     return out
-
-
-def pad_to_shape(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad (B, C, h, w) at the bottom/right to (height, width): reflect where the padding is
-    smaller than the side on both axes, else replicate (as :func:`~dctnet_lite.model.pad_to_multiple`)."""
-    h, w = x.shape[-2:]
-    ph, pw = height - h, width - w
-    if ph < 0 or pw < 0:
-        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
-    if not ph and not pw:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-# ---------------------------------------------------------------------------------------------
-# Strength
-# ---------------------------------------------------------------------------------------------
-def strength_vector(strength, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A float or a scalar / ``(B,)`` tensor -> a ``(B,)`` tensor on ``device``; values are checked
-    to lie in [0, 1] for floats and CPU tensors (checking a device tensor would synchronise)."""
-    if isinstance(strength, torch.Tensor):
-        if strength.device.type == "cpu" and not bool(((strength >= 0) & (strength <= 1)).all()):
-            raise ValueError(f"strength must lie in [0, 1], got {strength.tolist()}")
-        s = strength.to(device=device, dtype=dtype, non_blocking=True)
-        if s.dim() == 0:
-            s = s.expand(batch)
-        if s.shape != (batch,):
-            raise ValueError(f"strength must be a scalar or a ({batch},) tensor, got shape {tuple(s.shape)}")
-        return s
-    strength = float(strength)
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must lie in [0, 1], got {strength}")
-    return torch.full((batch,), strength, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,19 +23,45 @@ def key(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
+def _documented_key(params: dict, image: bytes) -> str:
+    return hashlib.sha256(b"dctnet-lite-result-v2\0"
+                          + json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+                          + b"\0" + image).hexdigest()
+
+
 def test_key_is_the_documented_layout():
-    params = {"checkpoint": "c" * 64, "precision": "fp16", "size": 512, "strength": "0.5",
-              "tile": None, "tile_overlap": 64}
-    h = hashlib.sha256(b"dctnet-lite-result-v1\0"
-                       + json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
-                       + b"\0" + b"IMG")
-    assert cache_key(b"IMG", "c" * 64, 0.5, 512, "fp16") == h.hexdigest()
+    params = {"buckets": None, "checkpoint": "c" * 64, "precision": "fp16", "resize": "host",
+              "size": 512, "strength": "0.5", "tile": None, "tile_overlap": 64}
+    assert cache_key(b"IMG", "c" * 64, 0.5, 512, "fp16") == _documented_key(params, b"IMG")
+    bucketed = dict(params, buckets=[256, 384], resize="device", size=None, tile=128, tile_overlap=16)
+    bucketed["resize"] = None  # no size: nothing is resized, the field says so
+    assert cache_key(b"IMG", "c" * 64, 0.5, None, "fp16", 128, 16, buckets=(384, 256), resize="device") \
+        == _documented_key(bucketed, b"IMG")
     base = cache_key(b"IMG", "c" * 64, 0.5, 512, "fp16")
     others = [cache_key(b"IMG!", "c" * 64, 0.5, 512, "fp16"), cache_key(b"IMG", "d" * 64, 0.5, 512, "fp16"),
               cache_key(b"IMG", "c" * 64, 0.6, 512, "fp16"), cache_key(b"IMG", "c" * 64, 0.5, None, "fp16"),
-              cache_key(b"IMG", "c" * 64, 0.5, 512, "fp32"), cache_key(b"IMG", "c" * 64, 0.5, 512, "fp16", tile=256)]
-    assert len({base, *others}) == 7
+              cache_key(b"IMG", "c" * 64, 0.5, 512, "fp32"), cache_key(b"IMG", "c" * 64, 0.5, 512, "fp16", tile=256),
+              cache_key(b"IMG", "c" * 64, 0.5, 512, "fp16", buckets=(512,)),
+              cache_key(b"IMG", "c" * 64, 0.5, 512, "fp16", resize="device")]
+    assert len({base, *others}) == 9
     assert cache_key(b"IMG", "c" * 64, 1, 512, "fp16") == cache_key(b"IMG", "c" * 64, 1.0, 512, "fp16")
+    assert cache_key(b"IMG", "c" * 64, 1, 512, "fp16", buckets=()) == cache_key(b"IMG", "c" * 64, 1, 512, "fp16")
+
+
+def test_key_fields_are_honest_and_old_layouts_miss():
+    """Buckets and resize are fields of their own: the precision field holds only a precision,
+    and a key of the version-1 layout (settings folded into ``precision``) is never produced."""
+    b = cache_key(b"IMG", "c" * 64, 0.5, 64, "fp32", buckets=(256, 384), resize="device")
+    v1 = hashlib.sha256(b"dctnet-lite-result-v1\0" + json.dumps(
+        {"checkpoint": "c" * 64, "precision": "fp32;buckets=256,384;resize=device", "size": 64,
+         "strength": "0.5", "tile": None, "tile_overlap": 64}, sort_keys=True, separators=(",", ":")).encode()
+        + b"\0" + b"IMG").hexdigest()
+    assert b != v1
+    # a resize place without a size does not split the keys; with a size it does
+    assert cache_key(b"I", "c", 1.0, None, "fp32", resize="device") == cache_key(b"I", "c", 1.0, None, "fp32")
+    assert cache_key(b"I", "c", 1.0, 64, "fp32", resize="device") != cache_key(b"I", "c", 1.0, 64, "fp32")
+    with pytest.raises(ValueError, match="resize"):
+        cache_key(b"I", "c", 1.0, 64, "fp32", resize="gpu")
 
 
 def test_default_root_follows_the_environment(monkeypatch, tmp_path):
@@ -154,13 +180,13 @@ def test_open_cache():
 def counted(tiny_model):
     cz = Cartoonizer(tiny_model, device="cpu", cache=MemoryCache())
     calls = []
-    real = cz._run_uint8
+    real = cz.run_uint8
 
     def run(batch, strength, hw=None):
         calls.append(batch.shape[0] if isinstance(batch, torch.Tensor) else len(batch))
         return real(batch, strength, hw)
 
-    cz._run_uint8 = run
+    cz.run_uint8 = run
     return cz, calls
 
 

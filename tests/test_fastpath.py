@@ -67,12 +67,42 @@ def test_normalize_buckets():
     assert normalize_buckets([512, 256, 512]) == (256, 512)
 
 
-def test_pad_to_shape_matches_pad_to_multiple():
-    for h, w in ((40, 56), (8, 20), (20, 8), (33, 21)):
-        x = torch.rand(2, 3, h, w)
-        H, W = -(-h // 16) * 16, -(-w // 16) * 16
-        assert torch.equal(pad_to_shape(x, H, W), pad_to_multiple(x, 16))
-    with pytest.raises(ValueError):
+def _reference_pad(x, height, width):
+    """The documented rule, written out: reflect iff the padding is smaller than the side on both
+    axes, else replicate; at the bottom/right."""
+    h, w = x.shape[-2:]
+    ph, pw = height - h, width - w
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode) if ph or pw else x
+
+
+# multiples of 16, padding < side (reflect), padding == side and > side (replicate), 1 px
+PAD_SIZES = ((32, 48), (40, 56), (9, 9), (8, 20), (20, 8), (33, 21), (1, 1), (7, 30), (17, 100))
+
+
+@pytest.mark.parametrize("h, w", PAD_SIZES)
+def test_one_padding_rule(h, w):
+    from dctnet_lite.model import pad_to_multiple_traceable, pad_to_shape as model_pad_to_shape
+
+    assert pad_to_shape is model_pad_to_shape  # fastpath re-exports the model's rule
+    x = torch.rand(2, 3, h, w)
+    H, W = -(-h // 16) * 16, -(-w // 16) * 16
+    ref = _reference_pad(x, H, W)
+    assert torch.equal(pad_to_multiple(x, 16), ref)
+    assert torch.equal(pad_to_shape(x, H, W), ref)
+    assert torch.equal(pad_to_multiple_traceable(x, 16), ref)  # what the ONNX graph computes
+    assert torch.equal(pad_to_shape(x, H + 32, W + 16), _reference_pad(x, H + 32, W + 16))
+    assert torch.equal(ref[..., :h, :w], x)
+
+
+def test_padding_mode_follows_the_rule():
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    reflect = pad_to_shape(x, 5, 4)  # padding 2 < 3 and 1 < 3: reflect
+    assert reflect[0, 0, 3:, 0].tolist() == [3.0, 0.0] and reflect[0, 0, 0, 3].item() == 1.0
+    replicate = pad_to_shape(x, 6, 4)  # padding 3 == side on one axis: replicate on both
+    assert replicate[0, 0, 3:, 0].tolist() == [6.0, 6.0, 6.0] and replicate[0, 0, 0, 3].item() == 2.0
+    assert pad_to_shape(x, 3, 3) is x
+    with pytest.raises(ValueError, match="cannot pad"):
         pad_to_shape(torch.rand(1, 3, 20, 20), 16, 32)
 
 
@@ -111,16 +141,28 @@ def test_buckets_default_follow_compile_and_graphs(tiny_model):
 def test_bucketed_results_have_their_own_cache_keys(tiny_model):
     plain = Cartoonizer(tiny_model, device="cpu")
     bucketed = Cartoonizer(tiny_model, device="cpu", buckets=(64,))
-    assert plain._cache_key(b"img", 1.0, None) != bucketed._cache_key(b"img", 1.0, None)
-    assert plain._cache_key(b"img", 1.0, None) == Cartoonizer(tiny_model, device="cpu")._cache_key(b"img", 1.0, None)
+    assert plain.cache_key(b"img", 1.0, None) != bucketed.cache_key(b"img", 1.0, None)
+    assert plain.cache_key(b"img", 1.0, None) == Cartoonizer(tiny_model, device="cpu").cache_key(b"img", 1.0, None)
 
 
 def test_bucketed_batch_and_tiles(tiny_model):
-    x = torch.rand(3, 3, 50, 70)
+    """Buckets, tiles and per-sample strengths together: every tile runs at its bucket, each
+    sample equals the same image run alone at its own strength, and the whole stays within the
+    bucketing tolerance of the plain whole-image output."""
+    x = torch.stack([_photo(50, 70, i)[0] for i in range(3)])
     s = torch.tensor([1.0, 0.5, 0.0])
     cz = Cartoonizer(tiny_model, device="cpu", buckets=(64, 80), tile=48, tile_overlap=16)
+    calls = []
+    orig = cz.net
+    cz.net = lambda t, st: (calls.append(tuple(t.shape)), orig(t, st))[1]
     out = cz.forward(x, s)
-    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert out.shape == x.shape
+    assert len(calls) == 4 and set(calls) == {(3, 3, 64, 64)}  # 2 x 2 tiles of 48 -> bucket 64
+    for i in range(3):
+        assert (out[i:i + 1] - cz.forward(x[i:i + 1], float(s[i]))).abs().max() < 1e-5
+    plain = Cartoonizer(tiny_model, device="cpu").forward(x, s)
+    diff = (out - plain).abs()
+    assert diff.max() < 0.05 and diff.mean() < 2e-3
 
 
 # ------------------------------------------------------------------------------ precision / graphs
@@ -150,13 +192,39 @@ def test_cuda_graphs_on_cpu_raise(tiny_model):
 
 
 def test_strength_vector():
-    assert strength_vector(0.5, 3, torch.device("cpu"), torch.float32).tolist() == [0.5] * 3
-    assert strength_vector(torch.tensor(1.0), 2, torch.device("cpu"), torch.float32).shape == (2,)
-    for bad in (1.5, torch.tensor([0.2, -0.1])):
+    import numpy as np
+
+    from dctnet_lite.model import strength_vector as model_strength_vector
+
+    assert strength_vector is model_strength_vector  # one rule: fastpath re-exports the model's
+    cpu = torch.device("cpu")
+    assert strength_vector(0.5, 3, cpu, torch.float32).tolist() == [0.5] * 3
+    assert strength_vector(torch.tensor(1.0), 2, cpu, torch.float32).tolist() == [1.0, 1.0]
+    assert strength_vector([0.25, 1], 2, cpu, torch.float32).tolist() == [0.25, 1.0]
+    assert strength_vector(np.float32(0.75), 1).tolist() == [0.75]
+    half = strength_vector(torch.tensor([0.0, 0.5]), 2, cpu, torch.float16)
+    assert half.dtype == torch.float16 and half.tolist() == [0.0, 0.5]
+    for bad in (1.5, -0.1, torch.tensor([0.2, -0.1]), [0.5, 2.0]):
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
-            strength_vector(bad, 2, torch.device("cpu"), torch.float32)
+            strength_vector(bad, 2, cpu, torch.float32)
     with pytest.raises(ValueError, match="shape"):
-        strength_vector(torch.ones(3), 2, torch.device("cpu"), torch.float32)
+        strength_vector(torch.ones(3), 2, cpu, torch.float32)
+    with pytest.raises(ValueError, match="strength must be a float"):
+        strength_vector("strong", 2)
+
+
+def test_model_forward_uses_the_strength_rule(tiny_model):
+    """DCTNet.forward: a float strength equals the same per-sample tensor, bad ones are refused
+    with the rule's message, and strength 0 differs from 1 (the gates really scale)."""
+    x = _photo(24, 40).repeat(2, 1, 1, 1) * 2 - 1
+    with torch.no_grad():
+        a, b = tiny_model(x, 0.3), tiny_model(x, torch.tensor([0.3, 0.3]))
+        assert torch.equal(a, b)
+        assert not torch.allclose(tiny_model(x, 0.0), tiny_model(x, 1.0))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tiny_model(x, 1.2)
+    with pytest.raises(ValueError, match="shape"):
+        tiny_model(x, torch.ones(3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -181,6 +249,29 @@ def _need_onnx(dynamo: bool = True):
     import onnx
 
     return onnx
+
+
+@pytest.mark.parametrize("h, w", PAD_SIZES)
+def test_onnx_wrapper_is_the_model_forward(tiny_model, h, w):
+    """The exported module (before any export: plain torch) computes DCTNet.forward: the same
+    body (forward_padded) after the same padding rule, at sizes on both sides of the
+    reflect/replicate switch."""
+    from dctnet_lite.tools.onnx_export import OnnxCartoonizer
+
+    x, s = torch.rand(2, 3, h, w), torch.tensor([1.0, 0.4])
+    with torch.no_grad():
+        got = OnnxCartoonizer(tiny_model).eval()(x, s)
+        ref = ((tiny_model(x * 2 - 1, s) + 1) * 0.5).clamp(0, 1)
+    assert got.shape == ref.shape and torch.equal(got, ref)
+
+
+def test_onnx_precisions_come_from_the_table(tiny_model, tmp_path):
+    from dctnet_lite.precision import ONNX_PRECISIONS, PRECISIONS
+    from dctnet_lite.tools.onnx_export import TOLERANCE, export_onnx
+
+    assert set(ONNX_PRECISIONS) == set(TOLERANCE) and set(ONNX_PRECISIONS) < set(PRECISIONS)
+    with pytest.raises(ValueError, match="ONNX precision must be one of fp32, fp16, got 'bf16'"):
+        export_onnx(tiny_model, tmp_path / "x.onnx", precision="bf16")  # refused before onnx is needed
 
 
 def test_onnx_export_and_check_width8(tiny_model, tmp_path):

@@ -185,8 +185,8 @@ def test_resize_modes_give_the_asked_size_and_nearly_the_same_image(tiny_model, 
 def test_device_resize_batches_different_sources_of_one_target_size(tiny_model):
     cz = Cartoonizer(tiny_model, device="cpu", resize="device")
     calls = []
-    real = cz._run_uint8
-    cz._run_uint8 = lambda batch, s, hw=None: calls.append(len(batch)) or real(batch, s, hw)
+    real = cz.run_uint8
+    cz.run_uint8 = lambda batch, s, hw=None: calls.append(len(batch)) or real(batch, s, hw)
     imgs = [portrait_like(60, 80, 1), portrait_like(30, 40, 2), portrait_like(90, 120, 3)]
     outs = cz.batch(imgs, size=40, batch_size=8)
     assert calls == [3] and all(o.shape == (30, 40, 3) for o in outs)
@@ -197,8 +197,8 @@ def test_device_resize_batches_different_sources_of_one_target_size(tiny_model):
 def test_device_resize_has_its_own_cache_keys(tiny_model):
     host = Cartoonizer(tiny_model, device="cpu", resize="host")
     dev = Cartoonizer(tiny_model, device="cpu", resize="device")
-    assert host._cache_key(b"x", 1.0, 64) != dev._cache_key(b"x", 1.0, 64)
-    assert host._cache_key(b"x", 1.0, None) == dev._cache_key(b"x", 1.0, None)
+    assert host.cache_key(b"x", 1.0, 64) != dev.cache_key(b"x", 1.0, 64)
+    assert host.cache_key(b"x", 1.0, None) == dev.cache_key(b"x", 1.0, None)
 
 
 # ------------------------------------------------------------------ overlapped file batches

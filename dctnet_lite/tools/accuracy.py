@@ -20,7 +20,10 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .bench import PRECISIONS, _target_model, check_variants, variant_cartoonizer
+from ..inference import resolve_device
+from ..precision import PRECISIONS
+from .bench import _target_model, check_variants, variant_cartoonizer
+from .evaluate import load_photo, lpips as lpips_fn, select_images
 
 # What a variant may lose against fp32 (on the [0, 1] output). LPIPS 0.005: a fifth of the step
 # from toon-w48 to toon-w40 (0.0024 -> 0.0280 LPIPS to the teacher), i.e. far less than trading
@@ -53,7 +56,7 @@ def _compare(y: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 def variant_accuracy(target: Union[str, int, os.PathLike], images: Union[str, os.PathLike, Sequence],
-                     precisions: Sequence[str] = PRECISIONS, backends: Sequence[str] = ("eager",),
+                     precisions: Sequence[str] = tuple(PRECISIONS), backends: Sequence[str] = ("eager",),
                      device: str = "cpu", size: Optional[int] = 512, limit: Optional[int] = 8,
                      strength: float = 1.0, lpips: bool = True, split: Optional[str] = None) -> dict:
     """Accuracy of each (precision, backend) against fp32 eager (TF32 off) on ``images``.
@@ -64,9 +67,6 @@ def variant_accuracy(target: Union[str, int, os.PathLike], images: Union[str, os
     each row holds ``precision``, ``backend``, the metrics above, ``within_bounds`` and, for a
     variant that cannot run here (fp16 on some CPUs, CUDA graphs without CUDA), ``error``.
     """
-    from .evaluate import load_photo, select_images
-    from ..inference import resolve_device
-
     check_variants(precisions, backends)
     dev = resolve_device(device)
     _, found = select_images(images, split=split, limit=limit)
@@ -99,8 +99,6 @@ def variant_accuracy(target: Union[str, int, os.PathLike], images: Union[str, os
                        rel_l2=(sum(p["err_sq"] for p in parts) / max(sum(p["ref_sq"] for p in parts), 1e-30)) ** 0.5,
                        uint8_off_by_gt2=sum(p["off_by_gt2"] for p in parts) / n)
             if lpips:
-                from .evaluate import lpips as lpips_fn
-
                 vals = [float(lpips_fn(y, r, net="alex")[0]) for y, r in zip(outs, refs)]
                 row.update(lpips_alex=sum(vals) / len(vals), lpips_alex_max=max(vals))
             bound = BOUNDS[precision]

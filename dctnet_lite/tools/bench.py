@@ -47,6 +47,8 @@ never measured here: compare against it only with the same resolution and batch.
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
 import json
 import os
 import subprocess
@@ -57,12 +59,21 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+import numpy as np
 import torch
+from PIL import Image
 
+from ..checkpoint import load, resolve, save_checkpoint
+from ..images import DEFAULT_PNG_LEVEL, save_image
+from ..inference import Cartoonizer, resolve_device
 from ..machine import machine_info
+from ..model import ArchConfig, DCTNet
+from ..pipeline import cartoonize_files, default_workers
+from ..precision import PRECISIONS
+from ..profile import count_macs, count_params
+from .evaluate import select_images
 
 BACKENDS = ("eager", "channels_last", "compile", "cudagraphs")
-PRECISIONS = ("fp32", "fp16", "bf16")
 SCHEMA = "dctnet-lite-bench/1"
 
 #: Quoted, not measured: the seed issue's figures for the original ModelScope DCT-Net.
@@ -118,8 +129,6 @@ def _reset_hwm() -> bool:
 def _release_free_memory() -> None:
     """Give memory freed by earlier rows back to the OS (glibc ``malloc_trim``), so that this
     row's peak RSS shows its own working set instead of reusing the allocator's free lists."""
-    import gc
-
     gc.collect()
     if sys.platform.startswith("linux"):
         try:
@@ -189,9 +198,6 @@ def _is_width(target) -> bool:
 
 def _target_model(target, seed: int = 0):
     """(label, DCTNet on CPU fp32, checkpoint path or None) for a width or a checkpoint."""
-    from ..checkpoint import load, resolve
-    from ..model import ArchConfig, DCTNet
-
     if _is_width(target):
         torch.manual_seed(seed)
         return f"w{int(target)} (random init)", DCTNet(ArchConfig.from_width(int(target))).eval(), None
@@ -211,7 +217,8 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def check_variants(precisions: Sequence[str] = (), backends: Sequence[str] = ()) -> None:
-    """ValueError naming the first unknown backend or precision."""
+    """ValueError naming the first unknown backend or precision (the names of
+    :data:`dctnet_lite.precision.PRECISIONS`)."""
     for b in backends:
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
@@ -222,8 +229,6 @@ def check_variants(precisions: Sequence[str] = (), backends: Sequence[str] = ())
 
 def variant_cartoonizer(source, device, precision: str, backend: str, buckets=False, resize: str = "auto"):
     """The :class:`Cartoonizer` of one (precision, backend) variant of the bench."""
-    from ..inference import Cartoonizer
-
     return Cartoonizer(source, device=device, precision=precision,
                        channels_last=backend == "channels_last", compile=backend == "compile",
                        cuda_graphs=backend == "cudagraphs", buckets=buckets, resize=resize)
@@ -277,11 +282,6 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     ``model`` is a CPU fp32 :class:`DCTNet` (it is copied, never modified); with ``checkpoint``
     the :class:`Cartoonizer` loads that file instead, so ``load_seconds`` includes reading it.
     """
-    import copy
-
-    from ..inference import resolve_device
-    from ..profile import count_macs, count_params
-
     dev = resolve_device(device)
     check_variants([precision], [backend])
     if warmup < 1 or repeats < 1:
@@ -363,9 +363,6 @@ print("COLD_START_JSON " + json.dumps({
 def cold_start(checkpoint: Union[str, os.PathLike], resolution: int = 1024, device: str = "cpu",
                threads: Optional[int] = None, timeout: float = 600.0) -> dict:
     """Process start to first output of one image, in a fresh Python subprocess (see module doc)."""
-    import numpy as np
-    from PIL import Image
-
     with tempfile.TemporaryDirectory(prefix="dctnet-cold-") as tmp:
         image = Path(tmp) / "photo.png"
         rng = np.random.default_rng()  # a new image each run: never a result-cache hit
@@ -409,17 +406,15 @@ def file_to_file(target: Union[str, int, os.PathLike], images: Union[str, os.Pat
     ``encode_ms``, ``total_ms`` and ``model_share`` (model / total). CUDA is synchronised at the
     end of the model stage (the uint8 result comes back to the host).
 
-    Then the same files go through :func:`~dctnet_lite.inference.cartoonize_files` at batch 1,
+    The stages are the Cartoonizer's public steps: :meth:`~dctnet_lite.inference.Cartoonizer.prepare`,
+    :meth:`~dctnet_lite.inference.Cartoonizer.run_uint8`, then
+    :meth:`~dctnet_lite.inference.Prepared.finish` and :func:`~dctnet_lite.images.save_image`.
+    Then the same files go through :func:`~dctnet_lite.pipeline.cartoonize_files` at batch 1,
     ``rounds - 1`` times each way: one file after the other (``workers=0``) and with reading and
-    writing overlapped (``workers``, default :func:`~dctnet_lite.inference.default_workers`):
+    writing overlapped (``workers``, default :func:`~dctnet_lite.pipeline.default_workers`):
     ``sequential_ms`` and ``pipelined_ms`` are the wall time per file (total / files).
     ``threads``: ``torch.set_num_threads`` for the run, restored afterwards.
     """
-    from .evaluate import select_images
-    from ..images import save_image
-    from ..images import DEFAULT_PNG_LEVEL
-    from ..inference import _finish, cartoonize_files, default_workers, resolve_device
-
     check_variants(backends=[backend])
     if rounds < 2:
         raise ValueError("rounds must be >= 2 (the first is a warm-up)")
@@ -437,11 +432,11 @@ def file_to_file(target: Union[str, int, os.PathLike], images: Union[str, os.Pat
         for r in range(rounds):
             for i, photo in enumerate(photos):
                 t0 = time.perf_counter()
-                p = cz._prepare(photo, size, pin=True)
+                p = cz.prepare(photo, size, pin=True)
                 t1 = time.perf_counter()
-                out = cz._run_uint8(p.pixels, 1.0, p.hw)
+                out = cz.run_uint8(p.pixels, 1.0, p.hw)
                 t2 = time.perf_counter()
-                save_image(_finish(out[0], p.alpha, p.kind), Path(tmp) / f"{i}{ext}", png_level=png_level)
+                save_image(p.finish(out[0]), Path(tmp) / f"{i}{ext}", png_level=png_level)
                 t3 = time.perf_counter()
                 if r > 0:
                     for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
@@ -489,8 +484,6 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
     Returns a JSON-serialisable dict with ``machine``, ``settings``, ``rows``, ``cold_start``
     and the quoted ``anchor``.
     """
-    from ..inference import resolve_device
-
     t_start = time.perf_counter()
     if not targets:
         raise ValueError("nothing to benchmark: give at least one checkpoint or width")
@@ -536,9 +529,6 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
 
 
 def _cold_entry(target, label, model, path, size, dev, threads) -> dict:
-    from ..checkpoint import save_checkpoint
-    from ..inference import Cartoonizer
-
     entry = {"target": label, "resolution": size, "device": str(dev)}
     try:
         with tempfile.TemporaryDirectory(prefix="dctnet-bench-") as tmp:

@@ -8,15 +8,16 @@ The exported graph has the contract of :meth:`Cartoonizer.forward`, not of the r
 - output ``cartoon``: float32 ``(batch, 3, height, width)`` RGB in [0, 1].
 
 With ``dynamic=True`` batch, height and width are dynamic and any size works, not only
-multiples of 16: the graph pads to the next multiple of 16 at the bottom/right exactly like
-:func:`dctnet_lite.model.pad_to_multiple` (reflect when the padding is smaller than the side on
-both axes, else replicate) and crops back. That padding is written as an index gather whose
-indices and reflect/replicate choice are computed *in the graph* from the runtime shape: the
-model's own ``F.pad`` call sits behind Python ``if``s on the shape, which a trace freezes to the
-example's branch (a graph traced on a 40x56 image then fails on an 8x20 one: "Pad reflect:
-post-pad (8) exceeds maximum allowed (7)"), and ``torch.export`` cannot keep such branches on
-symbolic sizes. The crop is an index gather too, so the output's height/width are exactly the
-input's symbols.
+multiples of 16: the graph pads to the next multiple of 16 at the bottom/right by the one padding
+rule (:func:`dctnet_lite.model.pad_to_shape`: reflect when the padding is smaller than the side
+on both axes, else replicate) and crops back, running the network body the model itself runs
+(:meth:`dctnet_lite.model.DCTNet.forward_padded`). The padding is
+:func:`dctnet_lite.model.pad_to_multiple_traceable`, index gathers whose indices and
+reflect/replicate choice are computed *in the graph* from the runtime shape: the eager
+``F.pad`` call sits behind Python ``if``s on the shape, which a trace freezes to the example's
+branch (a graph traced on a 40x56 image then fails on an 8x20 one: "Pad reflect: post-pad (8)
+exceeds maximum allowed (7)"), and ``torch.export`` cannot keep such branches on symbolic sizes.
+The crop is an index gather too, so the output's height/width are exactly the input's symbols.
 
 Exporter: ``exporter="dynamo"`` (default) uses ``torch.onnx.export(..., dynamo=True)``, the
 ``torch.export``-based exporter that is the default since PyTorch 2.9 and the one maintained;
@@ -31,22 +32,28 @@ graph's inputs and output stay float32). bf16 is refused: ONNX runtimes rarely r
 """
 from __future__ import annotations
 
+import copy
+import importlib
+import io
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
+from ..checkpoint import load
 from ..fileutil import atomic_write_bytes
-from ..model import DCTNet, STRIDE
+from ..model import DCTNet, STRIDE, pad_to_multiple_traceable
+from ..precision import ONNX_PRECISIONS, PRECISIONS, check_precision
 
 INPUT_NAMES = ("image", "strength")
 OUTPUT_NAME = "cartoon"
 EXPORTERS = ("dynamo", "torchscript")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_OPSET = 17
 #: Traced example (batch, height, width) of a dynamic export: every side > 16 px and batch > 1,
 #: so that no size is 0/1-specialised.
@@ -56,8 +63,6 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 
 
 def _need(module: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -65,18 +70,13 @@ def _need(module: str):
                           f"pip install 'dctnet-lite[onnx]' (onnx, onnxruntime, onnxscript)") from e
 
 
-def _pad_index(n, padded, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(reflect, replicate) gather indices that pad a side of ``n`` to ``padded``."""
-    i = torch.arange(padded, device=device)
-    reflect = torch.where(i < n, i, 2 * (n - 1) - i)
-    return reflect, i.clamp(max=n - 1)
-
-
 class OnnxCartoonizer(nn.Module):
     """What is exported: [0, 1] RGB and a ``(B,)`` strength -> [0, 1] RGB (see module docstring).
 
-    The network body repeats :meth:`DCTNet.forward` after its padding; :func:`check_onnx`
-    compares the exported graph with :meth:`DCTNet.forward` itself.
+    The padding is :func:`~dctnet_lite.model.pad_to_multiple_traceable` (the rule of
+    :func:`~dctnet_lite.model.pad_to_shape` in tensor ops), the network the model's own body
+    :meth:`~dctnet_lite.model.DCTNet.forward_padded`; :func:`check_onnx` compares the exported
+    graph with :meth:`DCTNet.forward` itself.
     """
 
     def __init__(self, net: DCTNet):
@@ -87,33 +87,16 @@ class OnnxCartoonizer(nn.Module):
         dtype = next(self.net.parameters()).dtype
         x = image.to(dtype) * 2 - 1
         h, w = x.shape[-2], x.shape[-1]
-        hp, wp = (h + STRIDE - 1) // STRIDE * STRIDE, (w + STRIDE - 1) // STRIDE * STRIDE
-        refl_h, rep_h = _pad_index(h, hp, x.device)
-        refl_w, rep_w = _pad_index(w, wp, x.device)
-        # pad_to_multiple's rule, reflect iff padding < side on both axes, in tensor ops: the
-        # reflect index of the last padded row/column is >= 0 exactly when padding < side
-        reflect = (refl_h[-1] >= 0) & (refl_w[-1] >= 0)
-        x = x.index_select(2, torch.where(reflect, refl_h, rep_h))
-        x = x.index_select(3, torch.where(reflect, refl_w, rep_w))
-        net, s = self.net, strength.to(dtype).view(-1, 1, 1, 1)
-        fused = [f(c, t, s) for f, c, t in zip(net.fusions, net.content(x), net.texture(x))]
-        y = net.bottleneck(fused[3])
-        for block, skip in zip(net.decoder, (fused[2], fused[1], fused[0], x)):
-            y = block(y, skip)
-        y = torch.tanh(net.head(y))
+        y = self.net.forward_padded(pad_to_multiple_traceable(x, STRIDE), strength.to(dtype).view(-1, 1, 1, 1))
         y = y.index_select(2, torch.arange(h, device=y.device)).index_select(3, torch.arange(w, device=y.device))
         return ((y.float() + 1) * 0.5).clamp(0, 1)
 
 
 def _load_model(checkpoint_or_model) -> Tuple[DCTNet, Optional[str]]:
     """(CPU fp32 eval copy of the network, checkpoint sha256 or None)."""
-    import copy
-
     if isinstance(checkpoint_or_model, DCTNet):
         model = copy.deepcopy(checkpoint_or_model).float().cpu().eval()
     else:
-        from ..checkpoint import load
-
         model = load(checkpoint_or_model, device="cpu").float().eval()
     info = getattr(model, "checkpoint_info", None)
     return model, (info.sha256 if info is not None else None)
@@ -130,11 +113,10 @@ def export_onnx(checkpoint_or_model: Union[str, os.PathLike, DCTNet], out_path: 
     ``torchscript`` (legacy, deprecated in torch; see the module docstring). The model's
     architecture, checkpoint digest and I/O contract are stored in the ONNX metadata.
     """
-    onnx = _need("onnx")
-    if precision not in PRECISIONS:
-        raise ValueError(f"ONNX precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    check_precision(precision, ONNX_PRECISIONS, what="ONNX precision")
     if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    onnx = _need("onnx")
     opset = DEFAULT_OPSET if opset is None else int(opset)
     model, sha = _load_model(checkpoint_or_model)
     wrapper = OnnxCartoonizer(model.to(PRECISIONS[precision])).eval()
@@ -158,8 +140,6 @@ def export_onnx(checkpoint_or_model: Union[str, os.PathLike, DCTNet], out_path: 
                                             dynamic_shapes=dyn, verbose=False)
             proto = program.model_proto
         else:
-            import io
-
             buf = io.BytesIO()
             axes = None
             if dynamic:
@@ -174,8 +154,6 @@ def export_onnx(checkpoint_or_model: Union[str, os.PathLike, DCTNet], out_path: 
         for dim, name in zip(proto.graph.output[0].type.tensor_type.shape.dim, ("batch", None, "height", "width")):
             if name is not None:
                 dim.dim_param = name
-    from .. import __version__
-
     meta = {
         "dctnet_lite.version": __version__,
         "dctnet_lite.arch": model.config.to_json(),
@@ -216,8 +194,6 @@ def check_onnx(onnx_path: Union[str, os.PathLike], checkpoint: Union[str, os.Pat
     largest and mean absolute error overall and per size, and ``ok``: max error <= ``tolerance``
     (default :data:`TOLERANCE` of the file's precision: 1e-4 fp32, 2e-2 fp16).
     """
-    import numpy as np
-
     ort = _need("onnxruntime")
     meta = read_metadata(onnx_path)
     precision = meta.get("precision", "fp32")

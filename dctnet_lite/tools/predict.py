@@ -1,12 +1,14 @@
 """Distributed batch inference with Lightning: many processes, GPUs or nodes over one file list.
 
-:func:`predict_files` is :func:`~dctnet_lite.inference.cartoonize_files` on ``Trainer.predict``:
+:func:`predict_files` is :func:`~dctnet_lite.pipeline.cartoonize_files` on ``Trainer.predict``:
 
-- the inputs are expanded and mapped to outputs exactly as ``cartoonize_files`` does
-  (:func:`~dctnet_lite.images.expand_inputs`, :func:`~dctnet_lite.images.plan_outputs`), in
-  every process; the processes check that they agree on the list before starting;
+- the settings are checked and the inputs expanded and mapped to outputs by the same
+  :func:`~dctnet_lite.pipeline.plan_files` as ``cartoonize_files``, in every process; the
+  processes check that they agree on the list before starting;
 - a :class:`~torch.utils.data.Dataset` reads the images; a file that cannot be read becomes a
-  failure record instead of an exception;
+  failure record instead of an exception; each rank runs them through its own
+  :class:`~dctnet_lite.inference.Cartoonizer` (:meth:`~dctnet_lite.inference.Cartoonizer.run_uint8`
+  on runs of same-size neighbours, :func:`~dctnet_lite.inference.same_shape_runs`);
 - each rank gets the indices ``rank, rank + world, ...`` from our own :class:`ShardSampler`,
   which never pads, so no input is processed or written twice (a plain ``DistributedSampler``
   repeats samples to even out the ranks; Lightning 2.x swaps in an unrepeated one for predict,
@@ -33,7 +35,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -46,8 +47,11 @@ import lightning.pytorch as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from .. import images as imio
+from ..checkpoint import default_checkpoint, load
 from ..fileutil import atomic_write_bytes
-from ..inference import Cartoonizer, FilesReport, _same_shape_runs
+from ..inference import Cartoonizer, same_shape_runs
+from ..pipeline import FilesReport, plan_files
+from ..precision import PRECISION_CHOICES, check_precision
 
 
 @dataclasses.dataclass
@@ -148,9 +152,9 @@ class CartoonizeModule(L.LightningModule):
     def predict_step(self, batch: list, batch_idx: int, dataloader_idx: int = 0) -> list:
         records = [{"index": s["index"], "error": s["error"]} for s in batch if s["error"] is not None]
         good = [s for s in batch if s["error"] is None]
-        for run in _same_shape_runs([s["image"].shape for s in good], max(len(good), 1)):
+        for run in same_shape_runs([s["image"].shape for s in good], max(len(good), 1)):
             try:
-                out = self._cz._run_uint8(torch.stack([good[i]["image"] for i in run]), self.strength)
+                out = self._cz.run_uint8(torch.stack([good[i]["image"] for i in run]), self.strength)
             except Exception as e:  # a whole run failing (e.g. OOM) is reported per file
                 records += [{"index": good[i]["index"], "error": f"inference failed: {type(e).__name__}: {e}"}
                             for i in run]
@@ -239,26 +243,17 @@ def predict_files(inputs: Iterable, out_dir, checkpoint=None, *, devices=1, stra
     (e.g. ``devices=2, strategy="ddp", accelerator="cpu"``: two CPU processes over gloo).
     Returns a :class:`PredictReport` with every output written and every failure exactly once
     (inputs that are missing or would overwrite an input are reported as in
-    :func:`~dctnet_lite.inference.cartoonize_files`). With the ``ddp`` strategy every rank's
+    :func:`~dctnet_lite.pipeline.cartoonize_files`: both plan with
+    :func:`~dctnet_lite.pipeline.plan_files`). With the ``ddp`` strategy every rank's
     process returns the same report; only ``global_rank == 0`` should print it.
     """
-    from ..checkpoint import DTYPES, default_checkpoint, load
-
-    t0 = time.perf_counter()
-    if not ext.startswith("."):
-        ext = "." + ext
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if precision != "auto" and precision not in DTYPES:  # auto: resolved per rank by its Cartoonizer
-        raise ValueError(f"precision must be auto or one of {sorted(DTYPES)}, got {precision!r}")
-    if not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"strength must lie in [0, 1], got {strength}")
-    found, missing = imio.expand_inputs(inputs)
-    plan, refused = imio.plan_outputs(found, out_dir, ext, overwrite_inputs)
-    plan_s = [(str(src), str(dst)) for src, dst in plan]
-    report = PredictReport(failed=missing + refused)
+    check_precision(precision, PRECISION_CHOICES)  # auto: resolved per rank by its Cartoonizer
+    plan = plan_files(inputs, out_dir, ext=ext, overwrite_inputs=overwrite_inputs,
+                      batch_size=batch_size, png_level=png_level, strength=strength)
+    plan_s = [(str(src), str(dst)) for src, dst in plan.jobs]
+    report = PredictReport(failed=list(plan.failed))
     if not plan_s:
-        report.seconds = time.perf_counter() - t0
+        report.seconds = plan.seconds()
         return report
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), device="cpu")
 
@@ -295,5 +290,5 @@ def predict_files(inputs: Iterable, out_dir, checkpoint=None, *, devices=1, stra
     report.failed += [(src, why) for _, src, why in gathered["failed"]]
     report.global_rank, report.world_size = trainer.global_rank, int(gathered["world_size"])
     report.written_per_rank = list(gathered["written_per_rank"])
-    report.seconds = time.perf_counter() - t0
+    report.seconds = plan.seconds()
     return report
