@@ -329,7 +329,7 @@ def how_to_get(weights: Weights) -> str:
     where = ("it ships inside the dctnet-lite wheel: reinstall dctnet-lite" if weights.packaged else
              f"it ships in the source repository's checkpoints/ folder as {weights.file}: put that "
              f"file in a folder named by ${ENV_DIRS}")
-    return f"{where}, or rebuild it ({weights.recipe})"
+    return f"{where}; or rebuild it: {weights.recipe}"
 
 
 def _missing(loc: Located) -> CheckpointError:

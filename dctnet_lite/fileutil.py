@@ -31,3 +31,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def portable_path(path) -> str:
+    """A path fit to store in a report or a checkpoint's provenance: relative to the working folder
+    when it lies inside it, else its last two components; never one machine's absolute path."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*p.parts[-2:]).as_posix() if len(p.parts) > 2 else p.name

@@ -212,8 +212,7 @@ WEIGHTS: Tuple[Weights, ...] = (
         arch="dctnet_w48", tag="toon", packaged=True, aliases=("toon-w48", "toon_w48"),
         sha256="bc4d5dfcdc6713950d79cdb59d89c0e421414d794f25f684aa158f986de0f7ed",
         summary="the default: dctnet_w64.toon Taylor-pruned to width 48, distilled 500 CPU steps",
-        recipe="dctnet-lite prune --config prune/prune.yaml --width 48; "
-               "dctnet-lite train --config finetune/distill_w48_cpu.yaml (bash finetune/reproduce.sh w48)",
+        recipe="bash finetune/reproduce.sh w48",
         parent="dctnet_w64.toon", teacher="dctnet_w64.toon", reference="dctnet_w64.toon",
         metrics={"lpips_alex@512 s=1": 0.0024, "lpips_alex@512 s=0.5": 0.0022},
         card="dctnet_w48toon-pruned-and-distilled-the-default"),
@@ -221,7 +220,7 @@ WEIGHTS: Tuple[Weights, ...] = (
         arch="dctnet_w64", tag="toon", aliases=("toon-w64", "toon_w64"),
         sha256="4a719b0f1fac87f6e2b1f717347d08bc1977f49745a1db79c00251c8ec5cb8b8",
         summary="the teacher: trained on the toon renderer's targets, 720 CPU steps",
-        recipe="dctnet-lite train --config finetune/teacher_w64_cpu.yaml (bash finetune/reproduce.sh teacher)",
+        recipe="bash finetune/reproduce.sh teacher",
         reference="the toon renderer", metrics=_W64_METRICS,
         card="dctnet_w64toon-the-teacher"),
     Weights(

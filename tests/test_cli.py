@@ -51,9 +51,12 @@ def test_cartoonize_without_trained_checkpoint_fails_clearly(tmp_path, monkeypat
     import dctnet_lite.checkpoint as ck
 
     monkeypatch.setenv("DCTNET_LITE_CHECKPOINTS", str(tmp_path / "empty"))
-    monkeypatch.setattr(ck, "DEFAULT_CHECKPOINTS", ("zz-none",))
+    monkeypatch.setattr(ck, "package_weights_dir", lambda: tmp_path / "pkg")
+    monkeypatch.setattr(ck, "repository_checkpoints_dir", lambda: None)
     rc = main(["cartoonize", str(image_folder), "-o", str(tmp_path / "o")])
-    assert rc == 1 and "no trained checkpoint exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "checkpoint dctnet_w48.toon" in err and "was not found: looked for" in err
+    assert str(tmp_path / "pkg") in err and "To get it" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -34,7 +34,6 @@ Validation scores the (EMA) student against the teacher at ``s = 1`` and ``s = 0
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -42,20 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import file_sha256
+from ..fileutil import portable_path
 from ..model import ArchConfig, DCTNet
 from .targets import RendererTarget, TeacherTarget
 
 #: Validation strengths of a distillation run: scored against the teacher's output.
 DISTILL_VAL_STRENGTHS = {"s1": 1.0, "s05": 0.5}
 SCALES = (1, 2, 3, 4)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -148,7 +141,8 @@ class Distiller(nn.Module):
             path = Path(info.path) if info is not None else None
             self._reference = {
                 "checkpoint": str(self._source.checkpoint),
-                "path": str(path.resolve()) if path is not None else None,
+                "path": portable_path(path) if path is not None else None,
+                "weights": info.name if info is not None and info.weights is not None else None,
                 "sha256": file_sha256(path) if path is not None and path.is_file() else None,
                 "payload_sha256": info.sha256 if info is not None else None,
                 "arch": self.teacher.config.to_dict(),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ from torch.torch_version import TorchVersion
 
 from .. import __version__
 from ..checkpoint import CheckpointError, CheckpointInfo, read_info, save_checkpoint
+from ..fileutil import portable_path
 from ..model import ArchConfig, DCTNet
 
 CKPT_KEY = "dctnet_lite"  # our entry in a Lightning checkpoint (written by CartoonModule)
@@ -21,9 +21,9 @@ def _parent(path: Optional[str]) -> Optional[dict]:
         return None
     try:
         info = read_info(path)
-        return {"path": str(path), "name": info.name, "sha256": info.sha256, "arch": info.arch.describe()}
+        return {"path": portable_path(path), "name": info.name, "sha256": info.sha256, "arch": info.arch.describe()}
     except (CheckpointError, OSError):
-        return {"path": str(path)}
+        return {"path": portable_path(path)}
 
 
 def export_checkpoint(ckpt_path: str, out_path: str, dtype: str = "fp16", use_ema: bool = True,
@@ -59,7 +59,7 @@ def export_checkpoint(ckpt_path: str, out_path: str, dtype: str = "fp16", use_em
         "wall_time_s": round(float(info.get("train_seconds", 0.0)), 1),
         "machine": info.get("machines"),
         "weights": weights,
-        "source_checkpoint": os.path.abspath(ckpt_path),
+        "source_checkpoint": portable_path(ckpt_path),
         "lightning_version": ckpt.get("pytorch-lightning_version"),
         "exported": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "dctnet_lite": __version__, "dtype": dtype},
