@@ -2,7 +2,11 @@
 
 Usage::
 
-    python docs/make_renderer_sheet.py /work/shared/data/portraits/train [--out docs/renderer_sheet.jpg]
+    python docs/make_renderer_sheet.py [PORTRAITS] [--out docs/renderer_sheet.jpg]
+
+``PORTRAITS`` is the folder with the photos and their ``manifest.csv``; it defaults to
+``../shared/data/portraits/train``, the shared data folder next to the checkout (relative to the
+current directory: run it from the repository root).
 
 Each photo is centre-cropped to a square (biased towards the top, where portrait faces sit),
 resized to ``--size`` pixels, rendered at that size with the default :class:`ToonStyle`, and
@@ -30,6 +34,7 @@ SHEET_PHOTOS = (
     "tencentarc__gfpgan__inputs__cropped_faces__julia_roberts_crop.jpg",
 )
 PERMISSIVE = ("MIT", "BSD", "Apache")
+DEFAULT_PORTRAITS = Path("../shared/data/portraits/train")
 
 
 def licences(folder: Path) -> dict:
@@ -70,12 +75,15 @@ def make_sheet(folder: Path, names, size: int = 256, columns: int = 3,
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("portraits", type=Path, help="folder with the photos and manifest.csv")
+    parser.add_argument("portraits", type=Path, nargs="?", default=DEFAULT_PORTRAITS,
+                        help=f"folder with the photos and manifest.csv (default {DEFAULT_PORTRAITS})")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("renderer_sheet.jpg"))
     parser.add_argument("--size", type=int, default=256, help="tile size in pixels")
     parser.add_argument("--columns", type=int, default=3, help="photo|render pairs per row")
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality")
     args = parser.parse_args(argv)
+    if not (args.portraits / "manifest.csv").is_file():
+        parser.error(f"{args.portraits} holds no manifest.csv: give the portraits folder")
     sheet = make_sheet(args.portraits, SHEET_PHOTOS, args.size, args.columns)
     sheet.save(args.out, quality=args.quality, optimize=True)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}, {args.out.stat().st_size // 1024} KB)")

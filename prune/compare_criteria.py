@@ -7,9 +7,13 @@ to ``--out`` and/or between the ``criteria-table`` markers of ``--readme``.
 
 Run from the repository root, e.g. (the README's table)::
 
-    python prune/compare_criteria.py --checkpoint toon-w64 --width 48 \\
-        --calibration /work/shared/data/portraits/train --calib-images 8 --calib-size 256 \\
-        --readme prune/README.md
+    python prune/compare_criteria.py --checkpoint dctnet_w64.toon --width 48 \\
+        --calib-images 8 --calib-size 256 --readme prune/README.md
+
+The photos default to ``../shared/data/portraits/train`` (the shared data folder next to the
+checkout); ``--calibration DIR`` (or ``--data DIR``) picks another folder. The JSON and the table
+hold no absolute path: the parent is named relative to the current directory (or by its file
+name when it lies outside it).
 """
 from __future__ import annotations
 
@@ -20,13 +24,16 @@ import sys
 import time
 from pathlib import Path
 
+from dctnet_lite.checkpoint import load, resolve
+from dctnet_lite.fileutil import atomic_write_bytes
+from dctnet_lite.tools.prune import CRITERIA, prune
+from dctnet_lite.tools.recipes import portable_path
+
+DEFAULT_PHOTOS = "../shared/data/portraits/train"
 BEGIN, END = "<!-- criteria-table:begin -->", "<!-- criteria-table:end -->"
 
 
 def run(checkpoint, criteria, target, calibration, calib_images, calib_size, seed):
-    from dctnet_lite.checkpoint import load, resolve
-    from dctnet_lite.tools.prune import prune
-
     path = resolve(checkpoint)
     parent = load(path)
     rows = []
@@ -46,7 +53,7 @@ def run(checkpoint, criteria, target, calibration, calib_images, calib_size, see
                      "seconds": round(time.perf_counter() - t0, 1), "provenance": r.provenance})
         print(f"{c}: LPIPS {m.get('drift_lpips_alex')} L1 {m['drift_l1']:.5f} ({rows[-1]['seconds']} s)",
               file=sys.stderr)
-    return path, rows
+    return portable_path(path), rows
 
 
 def markdown(path, rows, target, calibration, calib_size, seed, command) -> str:
@@ -74,8 +81,6 @@ def markdown(path, rows, target, calibration, calib_size, seed, command) -> str:
 
 
 def update_readme(readme: Path, table: str) -> None:
-    from dctnet_lite.fileutil import atomic_write_bytes
-
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
@@ -85,8 +90,6 @@ def update_readme(readme: Path, table: str) -> None:
 
 
 def main(argv=None) -> int:
-    from dctnet_lite.tools.prune import CRITERIA
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="parent checkpoint name or path")
     g = p.add_mutually_exclusive_group()
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
     g.add_argument("--ratio", type=float, default=None)
     g.add_argument("--macs-budget", default=None)
     p.add_argument("--criteria", default=",".join(CRITERIA), help="comma-separated (default: all)")
-    p.add_argument("--calibration", required=True, help="folder of images")
+    p.add_argument("--calibration", "--data", default=DEFAULT_PHOTOS,
+                   help=f"folder of images (default {DEFAULT_PHOTOS})")
     p.add_argument("--calib-images", type=int, default=8)
     p.add_argument("--calib-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
     if a.readme:
         update_readme(Path(a.readme), table)
     if a.json:
-        Path(a.json).write_text(json.dumps({"parent": str(path), "target": target, "rows": rows}, indent=2,
+        Path(a.json).write_text(json.dumps({"parent": path, "target": target, "rows": rows}, indent=2,
                                            default=str))
     return 1 if any("error" in r for r in rows) else 0
 

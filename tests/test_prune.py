@@ -1,12 +1,15 @@
 """Structured pruning (dctnet_lite.tools.prune): tiny parents (width 16/24) at 32 px, generated images."""
 import hashlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 pytest.importorskip("torch_pruning")
@@ -14,8 +17,10 @@ pytest.importorskip("torch_pruning")
 from dctnet_lite import ArchConfig, DCTNet, load, read_info, save_checkpoint  # noqa: E402
 from dctnet_lite.cli import main as cli_main  # noqa: E402
 from dctnet_lite.profile import count_macs  # noqa: E402
-from dctnet_lite.tools.prune import (CRITERIA, channel_table, conv_macs, parse_macs_budget, prune,  # noqa: E402
-                               prune_main)
+from dctnet_lite.tools.prune import (CRITERIA, channel_table, conv_macs, output_drift,  # noqa: E402
+                                     parse_macs_budget, parse_recipe, prune, prune_main)
+
+REPO = Path(__file__).resolve().parents[1]
 
 SIZE = 32  # calibration crop side
 
@@ -153,11 +158,29 @@ def test_each_criterion_runs_with_drift(parent16, calib, criterion):
     assert m["drift_images"] == 2 and m["drift_size"] == SIZE and m["drift_strength"] == 1.0
     assert 0.0 < m["drift_l1"] < 1.0
     if m.get("drift_lpips_alex") is not None:  # None only where LPIPS weights are unavailable offline
-        assert m["drift_lpips_alex"] >= 0.0
+        assert 0.0 < m["drift_lpips_alex"] < 1.0  # a pruned network's output moves
     p = r.provenance
     assert p["criterion"] == criterion and p["calibration_count"] == 2
-    assert p["calibration"] == str(calib)
-    assert len(r.report["calibration_files"]) == 2
+    assert p["calibration"] == calib.name  # an absolute folder outside the current directory: its name
+    files = r.report["calibration_files"]
+    assert len(files) == 2 and set(files) <= {"face0.png", "face1.png", "face2.png"}  # relative to the folder
+
+
+def test_drift_is_zero_for_identical_outputs_and_grows_with_the_prune(calib):
+    torch.manual_seed(0)
+    parent = DCTNet(24).eval()
+    x = _x(3)
+    with torch.no_grad():
+        out = parent(x, 1.0)
+    same = output_drift(out, out.clone())
+    assert same["drift_l1"] == 0.0 and same["drift_l1_max"] == 0.0
+    if same.get("drift_lpips_alex") is not None:
+        assert same["drift_lpips_alex"] == pytest.approx(0.0, abs=1e-6)
+    common = dict(criterion="l1", calibration=calib, calib_images=3, calib_size=SIZE)
+    mild, hard = prune(parent, width=16, **common).metrics, prune(parent, width=8, **common).metrics
+    assert 0.0 < mild["drift_l1"] < hard["drift_l1"]
+    if mild.get("drift_lpips_alex") is not None:
+        assert 0.0 < mild["drift_lpips_alex"] < hard["drift_lpips_alex"]
 
 
 def test_criteria_choose_differently(parent16, calib):
@@ -231,10 +254,10 @@ def test_metadata_provenance_and_figures(ckpt16, calib, tmp_path):
                     "calib_size": SIZE, "output": str(out)})
     info = read_info(out)
     p, m = info.provenance, info.metrics
-    assert p["parent_checkpoint"] == str(ckpt16)
+    assert p["parent_checkpoint"] == ckpt16.name  # outside the current directory: the file name
     assert p["parent_sha256"] == hashlib.sha256(ckpt16.read_bytes()).hexdigest()
     assert p["criterion"] == "l1" and p["target"]["width"] == 8 and p["seed"] == 0
-    assert p["calibration"] == str(calib) and p["calibration_count"] == 3
+    assert p["calibration"] == calib.name and p["calibration_count"] == 3
     assert p["torch_pruning"]
     for res in (512, 1024):
         assert m[f"macs_{res}_before"] == count_macs(ArchConfig.from_width(16), res)
@@ -248,16 +271,16 @@ def test_metadata_provenance_and_figures(ckpt16, calib, tmp_path):
         assert torch.equal(load(out)(x, 1.0), r.model(x, 1.0))
 
 
-def test_cli_prune_json_and_recipe_override(ckpt16, tmp_path, capsys):
+def test_cli_prune_json_and_config_override(ckpt16, tmp_path, capsys):
     recipe = tmp_path / "w8.yaml"
     recipe.write_text(f"checkpoint: {ckpt16}\nwidth: 8\ncriterion: l2\noutput: {tmp_path / 'a.safetensors'}\n")
-    assert cli_main(["prune", "--recipe", str(recipe), "--json"]) == 0
+    assert cli_main(["prune", "--config", str(recipe), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["description"] == "width 8" and rep["provenance"]["criterion"] == "l2"
     assert (tmp_path / "a.safetensors").is_file()
     # flags override the recipe: a different target replaces the recipe's width
     out = tmp_path / "b.safetensors"
-    assert cli_main(["prune", "--recipe", str(recipe), "--macs-budget", "70%", "--criterion", "l1",
+    assert cli_main(["prune", "--config", str(recipe), "--macs-budget", "70%", "--criterion", "l1",
                      "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "non-uniform" in text and str(out) in text
@@ -265,15 +288,123 @@ def test_cli_prune_json_and_recipe_override(ckpt16, tmp_path, capsys):
     assert info.provenance["criterion"] == "l1" and not info.arch.is_uniform
 
 
+def test_cli_recipe_is_a_deprecated_alias(ckpt16, tmp_path, capsys):
+    recipe = tmp_path / "w8.yaml"
+    recipe.write_text(f"checkpoint: {ckpt16}\nwidth: 8\n")
+    assert cli_main(["prune", "--recipe", str(recipe), "--json"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["description"] == "width 8"
+    warning = [line for line in cap.err.splitlines() if "deprecated" in line]
+    assert len(warning) == 1 and "--config" in warning[0]
+
+
+def test_overlays_width_flag_and_output_template(ckpt16, calib, tmp_path, capsys):
+    """Later configs overlay earlier ones; the last source naming a target decides it; output is a template."""
+    base = tmp_path / "base.yaml"
+    base.write_text(f"checkpoint: {ckpt16}\nwidth: 8\ncriterion: l2\ncalibration: {calib}\ncalib_size: {SIZE}\n"
+                    f"output: {tmp_path}/pruned-w{{width}}-{{criterion}}.safetensors\n")
+    over = tmp_path / "over.yaml"
+    over.write_text("macs_budget: 0.7\ncriterion: l1\noutput: null\n")
+    opts = parse_recipe(["--config", str(base), "--config", str(over)])
+    assert opts["width"] is None and opts["macs_budget"] == 0.7 and opts["criterion"] == "l1"
+    assert opts["calibration"] == str(calib) and opts["output"] is None
+    # a flag after the overlay names a target again: the overlay's budget goes
+    opts = parse_recipe(["--config", str(base), "--config", str(over), "--ratio", "0.5"])
+    assert (opts["width"], opts["ratio"], opts["macs_budget"]) == (None, 0.5, None)
+    # a flag that is not a target leaves the recipe's target alone
+    assert parse_recipe(["--config", str(base), "--seed", "3"])["width"] == 8
+    # --print_config prints the merged recipe, after the target rule
+    assert cli_main(["prune", "--config", str(base), "--ratio", "0.5", "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["ratio"] == 0.5 and printed["width"] is None and printed["criterion"] == "l2"
+    # the width flag fills the output template
+    assert cli_main(["prune", "--config", str(base), "--width", "8", "--no_drift"]) == 0
+    assert (tmp_path / "pruned-w8-l2.safetensors").is_file()
+    # the same from Python: a list of recipes, then overrides
+    r = prune_main([str(base), {"criterion": "random"}], drift=False, seed=1)
+    assert r.provenance["criterion"] == "random" and r.provenance["seed"] == 1
+    assert (tmp_path / "pruned-w8-random.safetensors").is_file()
+
+
+def test_shipped_recipes_parse():
+    """prune/uniform.yaml serves every width; macs50_global.yaml is an overlay of it (names need not resolve)."""
+    uniform = str(REPO / "prune" / "uniform.yaml")
+    opts = parse_recipe(["--config", uniform])
+    assert opts["width"] == 48 and opts["criterion"] == "taylor" and opts["checkpoint"] == "dctnet_w64.toon"
+    assert opts["calibration"] == "../shared/data/portraits/train"
+    from dctnet_lite.tools.prune import output_path
+    assert output_path(opts["output"], opts) == "runs/pruned-w48.safetensors"
+    w32 = parse_recipe(["--config", uniform, "--width", "32"])
+    assert output_path(w32["output"], w32) == "runs/pruned-w32.safetensors"
+    g = parse_recipe(["--config", uniform, "--config", str(REPO / "prune" / "macs50_global.yaml")])
+    assert (g["width"], g["macs_budget"], g["global_pruning"], g["criterion"]) == (None, 0.5, True, "l1")
+    assert g["calibration"] == opts["calibration"] and g["output"] == "runs/pruned-macs50.safetensors"
+    for name in os.listdir(REPO / "prune"):  # no machine-specific path in any recipe or stored report
+        text = (REPO / "prune" / name).read_text()
+        for root in ("/work/", "/home/", "/root/", "/tmp/", "/Users/"):
+            assert root not in text, (name, root)
+
+
+def test_provenance_holds_no_absolute_path(tmp_path, monkeypatch, calib):
+    """Inside the current directory paths are stored relative to it; the report has no absolute path."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    (tmp_path / "ck").mkdir()
+    parent = tmp_path / "ck" / "p16.safetensors"
+    save_checkpoint(parent, DCTNet(16).eval())
+    photos = tmp_path / "photos" / "train"
+    photos.mkdir(parents=True)
+    for f in sorted(calib.glob("*.png")):
+        (photos / f.name).write_bytes(f.read_bytes())
+    r = prune_main({"checkpoint": str(parent), "width": 8, "calibration": str(photos), "calib_images": 2,
+                    "calib_size": SIZE, "output": str(tmp_path / "out.safetensors")})
+    p = r.provenance
+    assert p["parent_checkpoint"] == "ck/p16.safetensors" and p["calibration"] == "photos/train"
+    stored = read_info(tmp_path / "out.safetensors").provenance
+    assert stored["parent_checkpoint"] == "ck/p16.safetensors"
+    # a relative folder is kept as given
+    r2 = prune(str(parent), width=8, calibration="./photos/../photos/train", calib_images=2, calib_size=SIZE)
+    assert r2.provenance["calibration"] == "photos/train"
+    text = json.dumps({k: v for k, v in r.report.items() if k != "output"}) + json.dumps(stored)
+    assert str(tmp_path) not in text
+    strings = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            [walk(x) for x in v.values()]
+        elif isinstance(v, list):
+            [walk(x) for x in v]
+        elif isinstance(v, str):
+            strings.append(v)
+    walk(r.report["provenance"])
+    walk(r.report["calibration_files"])
+    assert strings and not any(os.path.isabs(s) for s in strings)
+
+
 def test_cli_invalid_width_is_one_clear_line(ckpt16, capsys):
     assert cli_main(["prune", "--checkpoint", str(ckpt16), "--width", "20"]) == 1
     err = capsys.readouterr().err
-    assert "positive multiple of 8" in err and "Traceback" not in err
+    assert "positive multiple of 8" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_unknown_recipe_key(ckpt16):
+@pytest.mark.parametrize("argv, rc, needle", [
+    (["--width", "12.5"], 2, "invalid value 12.5 for width"),
+    (["--widht", "8"], 2, "unrecognized arguments"),
+    (["--config", "missing-recipe.yaml"], 1, "recipe not found: missing-recipe.yaml"),
+])
+def test_cli_bad_input_is_one_line(ckpt16, capsys, argv, rc, needle):
+    assert cli_main(["prune", "--checkpoint", str(ckpt16), *argv]) == rc
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_unknown_recipe_key(ckpt16, tmp_path):
     with pytest.raises(ValueError, match="unknown pruning option"):
         prune_main({"checkpoint": str(ckpt16), "width": 8, "widht": 4})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("checkpoint: x\nwidht: 4\n")
+    with pytest.raises(ValueError, match=r"unknown pruning option\(s\) \['widht'\] in .*bad.yaml"):
+        prune_main(bad)
 
 
 def test_channel_table_reads_modules(parent16):

@@ -660,7 +660,7 @@ def parse_recipe(argv: Sequence[str]) -> dict:
     for source, mapping in sources(argv):
         keys = {source[2:].replace("-", "_")} if mapping is None else {k for k, v in mapping.items() if v is not None}
         if mapping is not None:
-            check_keys(mapping, known, "pruning", source)
+            check_keys(mapping, known, "pruning option", source)
         if keys & set(TARGET_KEYS):
             last = keys & set(TARGET_KEYS)
     parser = build_parser()
@@ -669,7 +669,7 @@ def parse_recipe(argv: Sequence[str]) -> dict:
         if last and k not in last:
             cfg[k] = None
     if show:  # after the target rule, so that it prints the recipe that would run
-        print(parser.dump(cfg, skip_none=False), end="")
+        print(parser.dump(cfg, skip_unset=False), end="")
         raise SystemExit(0)
     opts = cfg.as_dict()
     opts["config"] = [portable_path(p) for p in config_files(cfg)]

@@ -32,8 +32,8 @@ def portable_path(path: Optional[PathLike], root: Optional[PathLike] = None) -> 
 
     A relative path is kept as given (normalised, ``/`` separators); an absolute one becomes
     relative to ``root`` (default: the current directory) when it lies inside it, else its bare
-    file name. So ``../shared/data/portraits/train`` stays, ``/home/x/repo/checkpoints/a.safetensors``
-    becomes ``checkpoints/a.safetensors`` from ``/home/x/repo`` and ``a.safetensors`` elsewhere.
+    file name. So ``../shared/data/portraits/train`` stays, ``<repo>/checkpoints/a.safetensors``
+    becomes ``checkpoints/a.safetensors`` from ``<repo>`` and ``a.safetensors`` elsewhere.
     """
     if path is None:
         return None
@@ -124,11 +124,11 @@ def sources(argv: Sequence[str]) -> List[Tuple[str, Optional[dict]]]:
 
 def check_keys(mapping: Mapping, known: Mapping[str, Optional[Sequence[str]]], what: str,
                source: str) -> None:
-    """ValueError (one line) naming unknown keys of a recipe mapping. ``known`` maps each key to
-    the keys of its section (``None``: not a section)."""
+    """ValueError (one line) naming unknown keys of a recipe mapping (``what``: "recipe field").
+    ``known`` maps each key to the keys of its section (``None``: not a section)."""
     unknown = sorted(k for k in mapping if k not in known and k != "config")
     if unknown:
-        raise ValueError(f"unknown {what} field(s) {unknown} in {_short(source)}; known: {', '.join(known)}")
+        raise ValueError(f"unknown {what}(s) {unknown} in {_short(source)}; known: {', '.join(known)}")
     for key, sub in known.items():
         value = mapping.get(key)
         if sub is not None and isinstance(value, Mapping):
@@ -195,7 +195,7 @@ def dump(parser, cfg) -> Dict[str, Any]:
     """The parsed recipe as plain data (what ``--print_config`` prints, ``config`` left out)."""
     import yaml
 
-    data = yaml.safe_load(parser.dump(cfg, skip_none=False, skip_validation=True)) or {}
+    data = yaml.safe_load(parser.dump(cfg, skip_unset=False, skip_validation=True)) or {}
     data.pop("config", None)
     return data
 

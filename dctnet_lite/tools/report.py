@@ -158,7 +158,7 @@ def parse_recipe(argv: Sequence[str]) -> Tuple[dict, List[str]]:
     argv = rewrite_argv(argv, "eval", _ALIASES)
     for source, mapping in sources(argv):
         if mapping is not None:
-            check_keys(mapping, {**RECIPE_FIELDS, "out": None}, "recipe", source)
+            check_keys(mapping, {**RECIPE_FIELDS, "out": None}, "recipe field", source)
     parser = build_parser()
     cfg = parse(parser, argv)
     files = config_files(cfg)
