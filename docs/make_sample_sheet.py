@@ -1,5 +1,5 @@
 """Build docs/sample_sheet.jpg: the public-domain astronaut photo (scikit-image) and the shipped
-checkpoints' outputs: photo | toon-w64 s=1 | toon-w48 s=1 | toon-w48 s=0.5 | toon-w32 s=1.
+checkpoints' outputs: photo | dctnet_w64.toon s=1 | dctnet_w48.toon s=1 | dctnet_w48.toon s=0.5 | dctnet_w32.toon s=1.
 
     python docs/make_sample_sheet.py          # from the repository root
 """
@@ -18,7 +18,7 @@ def main() -> None:
     photo = Image.fromarray(read_image(sample_portrait())[0]).convert("RGB")
     photo.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
     cols = [("photo", photo)]
-    for name, s in (("toon-w64", 1.0), ("toon-w48", 1.0), ("toon-w48", 0.5), ("toon-w32", 1.0)):
+    for name, s in (("dctnet_w64.toon", 1.0), ("dctnet_w48.toon", 1.0), ("dctnet_w48.toon", 0.5), ("dctnet_w32.toon", 1.0)):
         cols.append((f"{name} s={s:g}", Cartoonizer(name, device="cpu", precision="fp32")(photo, strength=s)))
     w, h = photo.size
     sheet = Image.new("RGB", (w * len(cols), h + 20), "white")

@@ -7,7 +7,7 @@
 #                                                          #   when a call is limited to 10 minutes)
 #
 #   floor.md        measured bf16 matmul and device-to-device copy ceilings, and the floor per width
-#   gpu.json        bench: toon-w64/toon-w48 x 512/1024/2048 x batch 1/8 x fp32/fp16/bf16 x eager/channels_last
+#   gpu.json        bench: dctnet_w64.toon/dctnet_w48.toon x 512/1024/2048 x batch 1/8 x fp32/fp16/bf16 x eager/channels_last
 #   gpu_fast.json   bench: the same at bf16 with channels_last, torch.compile and CUDA graphs
 #   files_*.json    file-to-file stages (decode, model, encode) and sequential vs overlapped
 #                   cartoonize_files at 1024 px: fp32 eager, bf16 CUDA graphs (+ PNG level 1, + host resize)
@@ -39,29 +39,29 @@ for stage in $stages; do
         step env nvidia-smi
         step floor sh -c "python3 eval/perf_floor.py --measure --device $DEVICE --precision bf16 > '$OUT/floor.md'" ;;
     bench)      # eager and channels_last at every precision (no compilation: a few minutes)
-        step bench dctnet-lite bench --checkpoint toon-w64 toon-w48 --device "$DEVICE" --resolutions 512 1024 2048 \
+        step bench dctnet-lite bench --checkpoint dctnet_w64.toon dctnet_w48.toon --device "$DEVICE" --resolutions 512 1024 2048 \
             --batch 1 8 --precision fp32 fp16 bf16 --backend eager channels_last \
             --warmup 10 --repeats 50 --output "$OUT/gpu.json" ;;
     fast)       # bf16 with torch.compile and CUDA graphs (compilation per shape: the slow part)
-        step fast dctnet-lite bench --checkpoint toon-w64 toon-w48 --device "$DEVICE" --resolutions 512 1024 2048 \
+        step fast dctnet-lite bench --checkpoint dctnet_w64.toon dctnet_w48.toon --device "$DEVICE" --resolutions 512 1024 2048 \
             --batch 1 8 --precision bf16 --backend channels_last compile cudagraphs \
             --warmup 10 --repeats 50 --no-cold-start --output "$OUT/gpu_fast.json" ;;
     files)      # file to file at 1024 px: fp32 eager, then the bf16 CUDA-graph path
-        step files_fp32 dctnet-lite bench --checkpoint toon-w48 --device "$DEVICE" --resolutions 1024 \
+        step files_fp32 dctnet-lite bench --checkpoint dctnet_w48.toon --device "$DEVICE" --resolutions 1024 \
             --precision fp32 --backend eager --warmup 3 --repeats 10 --no-cold-start \
             --files "$PHOTOS" --files-size 1024 --output "$OUT/files_fp32.json"
-        step files_bf16 dctnet-lite bench --checkpoint toon-w48 --device "$DEVICE" --resolutions 1024 \
+        step files_bf16 dctnet-lite bench --checkpoint dctnet_w48.toon --device "$DEVICE" --resolutions 1024 \
             --precision bf16 --backend cudagraphs --warmup 3 --repeats 10 --no-cold-start \
             --files "$PHOTOS" --files-size 1024 --output "$OUT/files_bf16_cudagraphs.json"
         # the same with the fast PNG level and with resizing on the host, to size those two levers
-        step files_png1 dctnet-lite bench --checkpoint toon-w48 --device "$DEVICE" --resolutions 1024 \
+        step files_png1 dctnet-lite bench --checkpoint dctnet_w48.toon --device "$DEVICE" --resolutions 1024 \
             --precision bf16 --backend cudagraphs --warmup 3 --repeats 10 --no-cold-start \
             --files "$PHOTOS" --files-size 1024 --files-png-level 1 --output "$OUT/files_bf16_png1.json"
-        step files_hostresize dctnet-lite bench --checkpoint toon-w48 --device "$DEVICE" --resolutions 1024 \
+        step files_hostresize dctnet-lite bench --checkpoint dctnet_w48.toon --device "$DEVICE" --resolutions 1024 \
             --precision bf16 --backend cudagraphs --warmup 3 --repeats 10 --no-cold-start \
             --files "$PHOTOS" --files-size 1024 --files-resize host --output "$OUT/files_bf16_hostresize.json" ;;
     accuracy)
-        step accuracy dctnet-lite accuracy --checkpoint toon-w64 toon-w48 --images "$PHOTOS" --limit 8 \
+        step accuracy dctnet-lite accuracy --checkpoint dctnet_w64.toon dctnet_w48.toon --images "$PHOTOS" --limit 8 \
             --size 1024 --device "$DEVICE" --precision fp32 fp16 bf16 \
             --backend eager channels_last compile cudagraphs --output "$OUT/accuracy.json" ;;
     *) echo "unknown stage $stage (floor bench fast files accuracy)" >&2; exit 2 ;;

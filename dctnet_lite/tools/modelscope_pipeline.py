@@ -15,7 +15,7 @@ names them in its ``configuration.json``, so::
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
 
-    p = pipeline(Tasks.image_portrait_stylization, model="exported/toon-w48")
+    p = pipeline(Tasks.image_portrait_stylization, model="exported/dctnet_w48.toon")
     bgr = p("photo.jpg")[OutputKeys.OUTPUT_IMG]  # HxWx3 uint8, BGR: cv2.imwrite("out.png", bgr)
 
 does what the official DCT-Net pipeline (``modelscope/pipelines/cv/image_cartoon_pipeline.py``)
