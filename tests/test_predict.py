@@ -85,3 +85,24 @@ def test_ddp_two_cpu_processes(tiny_ckpt, seven, tmp_path):
     ref = cartoonize_files([seven], tmp_path / "ref", checkpoint=tiny_ckpt, device="cpu", strength=0.7)
     for _, r in ref.ok:
         assert np.array_equal(pixels(r), pixels(out / Path(r).name))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"precision": "int8"}, "precision must be one of auto, fp32, fp16, bf16"),
+    ({"png_level": 12}, "png_level must be in 0..9"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"strength": 1.5}, r"strength must lie in \[0, 1\]"),
+])
+def test_bad_settings_are_refused_before_anything_runs(seven, tmp_path, bad, message):
+    """predict_files checks and plans like cartoonize_files (plan_files): a clear error, no
+    Trainer, nothing written, not even the checkpoint loaded."""
+    with pytest.raises(ValueError, match=message):
+        predict_files([seven], tmp_path / "out", tmp_path / "never-read.safetensors", **bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_is_the_pipeline_plan(seven, tmp_path):
+    """Nothing to do (every input missing or refused): the report lists them as cartoonize_files does."""
+    rep = predict_files([tmp_path / "missing.png", seven / "img0.png"], seven, tmp_path / "never-read.safetensors")
+    ref = cartoonize_files([tmp_path / "missing.png", seven / "img0.png"], seven, checkpoint="never-loaded")
+    assert rep.ok == [] and rep.failed == ref.failed and len(rep.failed) == 2
