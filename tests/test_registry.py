@@ -1,5 +1,6 @@
 """The registry: families, architecture names, the one weights table, and where weights are found."""
 import hashlib
+import re
 import json
 import warnings
 from pathlib import Path
@@ -250,3 +251,13 @@ def test_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert dctnet_lite.__version__
+
+
+def test_every_row_links_to_a_section_of_the_cards():
+    def anchor(title):  # GitHub's rule: lower case, drop punctuation but - and _, spaces -> -
+        return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+    text = (REPO / "checkpoints/README.md").read_text()
+    anchors = {anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("## ")}
+    for w in registry.WEIGHTS:
+        assert w.card in anchors, (w.name, w.card)
