@@ -41,6 +41,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import lightning.pytorch as L
@@ -124,8 +125,6 @@ def _plan_digest(plan: Sequence[Tuple[str, str]]) -> str:
 
 def _all_gather(obj) -> list:
     """``obj`` of every rank (a one-element list outside a process group)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         out = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)
