@@ -2,8 +2,9 @@
 
 Each verb is a thin layer over a public Python function.
 
-Heavy dependencies (lightning, torch_pruning, lpips, modelscope) are imported inside the verbs
-that need them, so ``dctnet-lite cartoonize`` stays light.
+The light core is imported at the top; the tools of ``dctnet_lite.tools`` and ``dctnet_lite.train``
+(and through them lightning, torch_pruning, lpips, modelscope, onnx) only inside the verbs that
+need them, so ``dctnet-lite cartoonize`` stays light.
 """
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ import warnings
 from typing import Callable, Dict, List, Optional
 
 from . import __version__
+from .cards import update_cards, weights_markdown
+from .checkpoint import CheckpointError, checkpoint_rows, load_state, resolve
+from .fileutil import atomic_write_bytes
+from .machine import machine_info
+from .model import ArchConfig
+from .profile import model_info
+from .render import ToonStyle, render_files
 from .inference import RESIZE_MODES
 from .pipeline import cartoonize_files
 from .precision import ONNX_PRECISIONS, PRECISION_CHOICES, PRECISIONS
@@ -113,9 +121,6 @@ def _add_info(sub) -> None:
 
 
 def _cmd_info(a) -> int:
-    from .checkpoint import load_state, resolve
-    from .model import ArchConfig
-    from .profile import model_info
 
     ckpt = None
     if a.checkpoint:
@@ -153,8 +158,6 @@ def _add_checkpoints(sub) -> None:
 
 
 def _cmd_checkpoints(a) -> int:
-    from .cards import update_cards, weights_markdown
-    from .checkpoint import checkpoint_rows
 
     if a.update_cards:
         for f in a.update_cards:
@@ -193,7 +196,6 @@ def _variant_targets(a) -> list:
 
 def _emit_json(a, result: dict, table: str) -> None:
     """Write ``result`` to ``--output`` (atomically) if given; print it (``--json``) or ``table``."""
-    from .fileutil import atomic_write_bytes
 
     text = json.dumps(result, indent=2)
     if a.output:
@@ -264,7 +266,6 @@ def _add_accuracy(sub) -> None:
 
 def _cmd_accuracy(a) -> int:
     from .tools.accuracy import format_accuracy, variant_accuracy
-    from .machine import machine_info
 
     results = [variant_accuracy(t, a.images, precisions=a.precision, backends=a.backend, device=a.device,
                                 size=a.size, limit=a.limit, strength=a.strength, lpips=not a.no_lpips,
@@ -331,7 +332,6 @@ def _add_render(sub) -> None:
 
 
 def _cmd_render(a) -> int:
-    from .render import ToonStyle, render_files
 
     report = render_files(a.inputs, a.output, style=ToonStyle(scale=a.scale), strength=a.strength,
                           overwrite=a.overwrite)
@@ -431,7 +431,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return getattr(importlib.import_module(module), func)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
 
     # deprecation notes (old checkpoint names, --recipe) as one line each, not a source excerpt
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"dctnet-lite: {cat.__name__}: {msg}\n"

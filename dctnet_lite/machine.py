@@ -10,6 +10,8 @@ from typing import Union
 
 import torch
 
+from . import __version__
+
 #: The stable subset stored in a trained checkpoint's provenance (one entry per machine).
 PROVENANCE_KEYS = ("platform", "cpu", "cpu_count", "gpu", "python", "torch")
 
@@ -47,12 +49,7 @@ def machine_info(device: Union[str, torch.device] = "cpu") -> dict:
         info["memory_gb"] = round(pages * size / 1e9, 1)
     except (ValueError, OSError, AttributeError):
         pass
-    try:
-        from . import __version__
-
-        info["dctnet_lite"] = __version__
-    except ImportError:
-        pass
+    info["dctnet_lite"] = __version__
     if torch.cuda.is_available():
         idx = torch.device(device).index or 0 if torch.device(device).type == "cuda" else 0
         props = torch.cuda.get_device_properties(idx)

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import images as imio
+
 
 
 @dataclass(frozen=True)
@@ -363,7 +365,6 @@ def render_files(inputs: List[str], out_dir: str, style: Optional[ToonStyle] = N
     an input file is never overwritten. Returns ``{"ok": [out paths], "failed": [(path,
     message)], "skipped": [out paths], "seconds": float}``.
     """
-    from . import images as imio
 
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength!r}")

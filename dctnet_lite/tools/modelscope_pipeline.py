@@ -61,8 +61,9 @@ from PIL import Image, ImageOps
 
 from .. import __version__
 from .. import images as imio
-from ..checkpoint import CheckpointError, read_info, resolve
+from ..checkpoint import CheckpointError, load, read_info, resolve
 from ..fileutil import atomic_write_bytes
+from ..inference import Cartoonizer
 
 TASK = "image-portrait-stylization"
 MODEL_TYPE = "dctnet-lite"
@@ -138,7 +139,6 @@ if MODELSCOPE_IMPORT_ERROR is None:
 
         def __init__(self, model_dir: str, *args, weights: str = WEIGHTS_FILE, **kwargs):
             super().__init__(model_dir, *args, **kwargs)
-            from ..checkpoint import load
 
             path = Path(model_dir) / weights
             if not path.is_file():
@@ -172,7 +172,6 @@ if MODELSCOPE_IMPORT_ERROR is None:
                 # hand on to pipeline classes from outside its own package).
                 model = DCTNetLiteModel.from_folder(os.fspath(model), device=kwargs.get("device", "gpu"))
             super().__init__(model=model, auto_collate=False, **kwargs)
-            from ..inference import Cartoonizer
 
             if not isinstance(self.model, DCTNetLiteModel):
                 raise TypeError(f"{PIPELINE_TYPE} needs a {MODEL_TYPE} model (configuration.json "

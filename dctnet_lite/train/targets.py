@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..checkpoint import load
 from ..render import blend_target, render_toon
 
 TargetSource = Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -41,7 +42,6 @@ class TeacherTarget:
     """
 
     def __init__(self, checkpoint: str):
-        from ..checkpoint import load
 
         self.checkpoint = checkpoint
         self.teacher = load(checkpoint).requires_grad_(False)
