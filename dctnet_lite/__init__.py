@@ -13,6 +13,42 @@ from .checkpoint import (CheckpointError, NoTrainedCheckpoint, list_checkpoints,
                          load_into, read_info, save_checkpoint)
 from .inference import Cartoonizer, cartoonize, cartoonize_files  # noqa: E402
 
+
+def _install_moved_module_aliases() -> None:
+    """``import dctnet_lite.prune`` (and the other tools that moved to ``dctnet_lite.tools`` in 0.2)
+    still works until 0.3: it gives the new module, with a FutureWarning. Nothing is imported until
+    an old name is asked for."""
+    import importlib
+    import importlib.abc
+    import importlib.util
+    import sys
+    import warnings
+
+    moved = {"prune", "evaluate", "report", "lpips_offline", "modelscope_pipeline", "predict",
+             "onnx_export", "accuracy", "bench"}
+
+    class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path=None, target=None):
+            pkg, _, mod = fullname.rpartition(".")
+            if pkg != __name__ or mod not in moved:
+                return None
+            return importlib.util.spec_from_loader(fullname, self)
+
+        def create_module(self, spec):
+            new = f"{__name__}.tools.{spec.name.rpartition('.')[2]}"
+            warnings.warn(f"{spec.name} moved to {new} in dctnet_lite 0.2; the old name goes in 0.3",
+                          FutureWarning, stacklevel=2)
+            return importlib.import_module(new)
+
+        def exec_module(self, module):
+            pass
+
+    if not any(type(f).__name__ == "_Alias" for f in sys.meta_path):
+        sys.meta_path.append(_Alias())
+
+
+_install_moved_module_aliases()
+
 __all__ = [
     "ArchConfig", "DCTNet", "create_model", "list_models", "register_model", "list_families",
     "WEIGHTS", "Weights", "DEFAULT_WEIGHTS", "get_weights", "list_weights",

@@ -261,3 +261,20 @@ def test_every_row_links_to_a_section_of_the_cards():
     anchors = {anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("## ")}
     for w in registry.WEIGHTS:
         assert w.card in anchors, (w.name, w.card)
+
+
+def test_modules_that_moved_to_tools_keep_their_old_import_path_for_a_release():
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings; warnings.simplefilter('always')\n"
+            "import dctnet_lite\n"
+            "assert 'dctnet_lite.tools.evaluate' not in sys.modules\n"  # nothing imported early
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import dctnet_lite.evaluate as old\n"
+            "import dctnet_lite.tools.evaluate as new\n"
+            "assert old is new and any('moved to dctnet_lite.tools.evaluate' in str(x.message) for x in w)\n"
+            "try:\n    import dctnet_lite.nosuchmodule\nexcept ImportError:\n    print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
