@@ -148,7 +148,11 @@ def one_line(err: BaseException) -> str:
     key = re.search(r'Parser key "([^"]+)"', msg)
     given = re.search(r"^\s*Given value: (.*)$", msg, re.M)
     if key and given:
-        return f"invalid value {given.group(1).strip()} for {key.group(1)}"
+        value, name = given.group(1).strip(), key.group(1)
+        nested = re.match(r"NestedArg\(key='([^']*)', val=(.*)\)$", value)
+        if nested:  # --section.key VALUE of a section that may also be false
+            name, value = f"{name}.{nested.group(1)}", nested.group(2).strip("'\"")
+        return f"invalid value {value} for {name}"
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
     return lines[0] if lines else type(err).__name__
 

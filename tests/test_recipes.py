@@ -1,0 +1,112 @@
+"""Recipes: the finetune/ CPU overlays merge to the full recipes, portable paths, the shared parsing."""
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dctnet_lite.tools.recipes import one_line, portable_path, portable_tree, rewrite_argv
+
+REPO = Path(__file__).resolve().parents[1]
+FT = REPO / "finetune"
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged():
+    """``dctnet-lite train --config ... --print_config`` of each recipe as LightningCLI merges it."""
+    pytest.importorskip("lightning")
+    from dctnet_lite.train import train_main
+
+    import contextlib
+    import io
+
+    def run(*names):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            argv = [a for n in names for a in ("--config", str(FT / n))]
+            assert train_main(argv + ["--print_config"]) == 0
+        return _flat(yaml.safe_load(buf.getvalue()))
+
+    return run
+
+
+def _diff(a, b):
+    return {k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")}
+
+
+def test_teacher_cpu_overlay_changes_only_the_cpu_keys(merged):
+    gpu, cpu = merged("teacher_w64.yaml"), merged("teacher_w64.yaml", "teacher_w64_cpu.yaml")
+    assert _diff(gpu, cpu) == {
+        "checkpoint_every_n_steps", "trainer.default_root_dir", "trainer.max_steps", "trainer.max_time",
+        "trainer.accelerator", "trainer.val_check_interval", "trainer.num_sanity_val_steps",
+        "trainer.log_every_n_steps", "model.lr", "model.warmup_steps", "model.ema_decay", "data.crop",
+        "data.scale", "data.batch_size", "data.num_workers", "data.val_batch_size"}
+    # the shipped teacher's recipe (checkpoints/README.md): 720 steps, 128-px crops, batch 4, lr 5e-4
+    assert (cpu["trainer.max_steps"], cpu["data.crop"], cpu["data.batch_size"], cpu["model.lr"]) == (720, 128, 4, 0.0005)
+    assert cpu["trainer.accelerator"] == "cpu" and cpu["trainer.precision"] is None
+    assert cpu["model.width"] == gpu["model.width"] == 64 and cpu["model.target"] == "renderer"
+    assert cpu["data.photo_root"] == "../shared/data/portraits/train"
+
+
+def test_distill_cpu_overlay_and_the_scratch_control(merged):
+    gpu = merged("distill_w48.yaml")
+    cpu = merged("distill_w48.yaml", "distill_w48_cpu.yaml")
+    scratch = merged("distill_w48.yaml", "distill_w48_cpu.yaml", "scratch_w48_cpu.yaml")
+    assert _diff(gpu, cpu) == {
+        "checkpoint_every_n_steps", "trainer.default_root_dir", "trainer.max_steps", "trainer.max_time",
+        "trainer.accelerator", "trainer.val_check_interval", "trainer.num_sanity_val_steps",
+        "trainer.log_every_n_steps", "model.warmup_steps", "model.ema_decay", "data.crop", "data.scale",
+        "data.batch_size", "data.num_workers", "data.val_batch_size"}
+    for r in (gpu, cpu):
+        assert r["model.init_checkpoint"] == "runs/pruned-w48.safetensors" and r["model.target"] == "teacher"
+        assert r["model.teacher_checkpoint"] == "dctnet_w64.toon" and r["model.width"] == 48
+    assert (cpu["trainer.max_steps"], cpu["data.crop"], cpu["data.batch_size"]) == (500, 128, 4)
+    # the control: the same recipe and budget, only another init and run folder
+    assert _diff(cpu, scratch) == {"model.init_checkpoint", "trainer.default_root_dir"}
+    assert scratch["model.init_checkpoint"] is None and scratch["trainer.default_root_dir"] == "runs/scratch_w48_cpu"
+
+
+def test_cpu_overlays_hold_only_what_differs():
+    """An overlay is not a copy of its base: every key it sets differs from the base's value."""
+    for base, over in (("teacher_w64.yaml", "teacher_w64_cpu.yaml"), ("distill_w48.yaml", "distill_w48_cpu.yaml")):
+        b = _flat(yaml.safe_load((FT / base).read_text()))
+        o = _flat(yaml.safe_load((FT / over).read_text()))
+        assert o and all(b.get(k, "<unset>") != v for k, v in o.items()), over
+
+
+def test_portable_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    assert portable_path("../shared/data/portraits/train") == "../shared/data/portraits/train"
+    assert portable_path("./a/../b/c.png") == "b/c.png"
+    assert portable_path(tmp_path / "checkpoints" / "x.safetensors") == "checkpoints/x.safetensors"
+    assert portable_path(tmp_path) == "."
+    other = tmp_path.parent / "elsewhere" / "y.safetensors"
+    assert portable_path(other) == "y.safetensors"
+    assert portable_path(other, root=tmp_path.parent) == "elsewhere/y.safetensors"
+    assert portable_path(None) is None
+    tree = portable_tree({"a": [str(tmp_path / "checkpoints" / "x.safetensors"), 3, None],
+                          "why": f"cannot read {tmp_path}/checkpoints/z.safetensors", "rel": "runs/q"})
+    assert tree == {"a": ["checkpoints/x.safetensors", 3, None], "why": "cannot read checkpoints/z.safetensors",
+                    "rel": "runs/q"}
+    assert not any(os.path.isabs(v) for v in tree["a"] if isinstance(v, str))
+
+
+def test_rewrite_argv_and_one_line(capsys):
+    out = rewrite_argv(["--recipe", "a.yaml", "--images=DIR", "--x"], "eval",
+                       {"--recipe": "--config", "--images": "--quality.images"})
+    assert out == ["--config", "a.yaml", "--quality.images=DIR", "--x"]
+    assert capsys.readouterr().err.count("deprecated") == 1
+    err = ValueError('Parser key "width":\n  Does not validate against any of the Union subtypes\n'
+                     "  Given value type: <class 'str'>\n  Given value: 12.5")
+    assert one_line(err) == "invalid value 12.5 for width"
