@@ -34,6 +34,11 @@ on the unpruned network; torch-pruning slices ``.grad`` along with the weights, 
 (MACs budget) steps keep using them.
 
 Everything is seeded: the same inputs give bit-identical pruned weights.
+
+Recipes: :func:`prune_main` and ``dctnet-lite prune`` (:func:`cli_main`) read the keys of
+:data:`RECIPE_OPTIONS` with jsonargparse: ``--config FILE`` (repeatable, later files overlay
+earlier ones), then ``--key VALUE`` flags, ``--print_config`` for the merged recipe. The report and
+the checkpoint's provenance hold no absolute path (:func:`dctnet_lite.tools.recipes.portable_path`).
 """
 from __future__ import annotations
 
@@ -43,7 +48,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 import warnings
@@ -56,7 +60,7 @@ from PIL import Image
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import file_sha256, load, resolve, save_checkpoint
+from ..checkpoint import CheckpointError, file_sha256, load, resolve, save_checkpoint
 from ..images import list_images, read_image
 from ..model import CHANNEL_MULTIPLE, ArchConfig, DCTNet, channel_groups
 from ..profile import count_macs, count_params
@@ -717,8 +721,6 @@ def prune_main(recipe_or_kwargs: Union[PathLike, Mapping, Sequence, None] = None
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     """``dctnet-lite prune``: exit 0 on success, 1 when pruning fails, 2 on a usage error."""
-    from ..checkpoint import CheckpointError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         check_config_files(argv)

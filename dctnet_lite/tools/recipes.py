@@ -138,6 +138,9 @@ def check_keys(mapping: Mapping, known: Mapping[str, Optional[Sequence[str]]], w
 
 
 def _short(source: str) -> str:
+    """A config file as given; YAML/JSON text shortened to one line of at most 60 characters."""
+    if "\n" not in source and Path(source).expanduser().is_file():
+        return source
     source = " ".join(source.split())
     return source if len(source) <= 60 else source[:57] + "..."
 

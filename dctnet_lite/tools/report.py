@@ -1,15 +1,19 @@
 """One recipe -> a quality-vs-latency report: ``report.json``, ``report.md`` and ``pareto.png``.
 
 ``make_report(recipe)`` runs :func:`dctnet_lite.tools.evaluate.evaluate` and
-:func:`dctnet_lite.tools.bench.bench` as a YAML recipe (or dict) says, and writes them to
-``<recipe folder>/reports/<name>/`` (``eval/reports/<name>/`` for the shipped recipe). Every
-field of a recipe is described in ``eval/README.md``; the shipped one is
-``eval/quality_vs_latency.yaml``.
+:func:`dctnet_lite.tools.bench.bench` as a recipe says, and writes them to
+``<recipe folder>/reports/<name>/`` (``eval/reports/<name>/`` for the shipped recipes). A recipe
+is parsed by jsonargparse (:func:`build_parser`; the sections are the dataclasses
+:class:`Quality`, :class:`Bench` and :class:`Pareto`, each of which may be ``false``), the same
+parser behind ``dctnet-lite eval --config FILE [--config OVERLAY ...] [--key VALUE ...]``
+(:func:`cli_main`). Every field is described in ``eval/README.md``.
 
 Relative paths in a recipe (images, checkpoint *paths*, reference folders, ``extra_bench``) are
-resolved against ``base_dir``, itself relative to the recipe file's folder (to the current
-directory for a dict). Checkpoint *names* (``toon-w48``: no path separator, no ``.safetensors``)
-go through the checkpoint registry.
+resolved against ``base_dir``, itself relative to the recipe file that sets it (default: the
+first recipe file's folder; the current directory for a dict). Checkpoint *names*
+(``dctnet_w48.toon``: no path separator, no ``.safetensors``) go through the checkpoint registry.
+The written report holds no absolute path: paths are relative to ``base_dir`` or bare file names
+(:func:`dctnet_lite.tools.recipes.portable_tree`).
 
 The Pareto plot puts each evaluated checkpoint at (latency at ``pareto.resolution``, mean
 ``pareto.metric`` at ``pareto.strength``/``pareto.size``). Against a teacher reference the teacher
@@ -17,7 +21,7 @@ itself scores 0 by definition (it *is* the reference) and is drawn there, marked
 A point is on the front when no other point is at least as fast *and* at least as good, and
 strictly better in one of the two.
 
-``pyyaml`` and ``matplotlib`` are imported lazily; without matplotlib the plot is drawn with
+``jsonargparse``, ``pyyaml`` and ``matplotlib`` are imported lazily; without matplotlib the plot is drawn with
 Pillow (plainer, same content).
 """
 from __future__ import annotations
@@ -31,7 +35,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from PIL import Image, ImageDraw
 
@@ -41,7 +45,7 @@ from ..fileutil import atomic_write_bytes
 from .bench import ANCHOR, bench
 from .evaluate import LOWER_IS_BETTER, evaluate
 from .recipes import (as_argv, check_config_files, check_keys, config_files, dump, exit_code, parse,
-                      portable_path, portable_tree, rewrite_argv, sources)
+                      portable_tree, rewrite_argv, sources)
 
 METRIC_TITLES = {"lpips_alex": "LPIPS (alex)", "lpips_vgg": "LPIPS (vgg)", "psnr": "PSNR (dB)",
                  "ssim": "SSIM"}
@@ -125,7 +129,8 @@ def build_parser(prog: str = "dctnet-lite eval"):
                         help="a recipe YAML (eval/*.yaml); --recipe FILE is a deprecated alias")
     parser.add_argument("--name", type=Optional[str], default=None,
                         help="report folder name (default: the first config file's stem)")
-    parser.add_argument("--base_dir", type=Optional[path_type("dr")], default=None,
+    readable_dir = path_type("dr")
+    parser.add_argument("--base_dir", type=Optional[readable_dir], default=None,
                         help="folder that relative paths start from, itself relative to the config file "
                              "that sets it (default: the first config file's folder)")
     parser.add_argument("--checkpoints", type=str, nargs="+", default=[],
