@@ -76,7 +76,8 @@ class CheckpointInfo:
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def _payload_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+def payload_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's tensors (names, shapes, dtypes, bytes): the ``sha256`` a checkpoint stores."""
     h = hashlib.sha256()
     for k in sorted(tensors):
         t = tensors[k].detach().cpu().contiguous()
@@ -100,7 +101,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, *, dtype: str = "fp32",
     except TypeError as e:
         raise TypeError(f"save_checkpoint expects a model of a registered family: {e}") from None
     tensors = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
-    digest = _payload_digest(tensors)
+    digest = payload_digest(tensors)
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -191,7 +192,7 @@ def load_state(path: PathLike, expected: Optional[Any] = None) -> Tuple[Dict[str
     data = _read_bytes(path)
     tensors, meta = _parse(path, data)
     info = read_info(path, tensors, meta)
-    if not info.sha256 or _payload_digest(tensors) != info.sha256:
+    if not info.sha256 or payload_digest(tensors) != info.sha256:
         raise CheckpointError(f"{path} failed its integrity check: the tensors do not match the "
                               f"sha256 in its metadata (tampered with or damaged)")
     info.weights = registry.weights_by_sha256(hashlib.sha256(data).hexdigest())

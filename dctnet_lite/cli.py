@@ -302,7 +302,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="turn a Lightning training checkpoint into a shipped checkpoint")
     p.add_argument("ckpt", help="Lightning .ckpt written by `dctnet-lite train`")
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")
-    p.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--dtype", default="fp16", choices=list(PRECISIONS))
     p.add_argument("--no-ema", action="store_true", help="export the raw student instead of its EMA")
     p.add_argument("--metrics", default=None, help="JSON file of extra metrics to store")
     p.set_defaults(func=_cmd_export)

@@ -30,7 +30,7 @@ from torch import nn
 
 from . import images as imio
 from .cache import cache_key, decode_png, encode_png, file_image_bytes, open_cache, pixel_image_bytes
-from .checkpoint import _payload_digest, default_checkpoint, load
+from .checkpoint import default_checkpoint, load, payload_digest
 from .fastpath import GraphRunner, bucket_shape, normalize_buckets, resolve_precision
 from .images import target_size
 from .model import pad_to_shape
@@ -289,7 +289,7 @@ class Cartoonizer:
         if self._weights_sha256 is None:
             info = self.checkpoint_info
             self._weights_sha256 = (info.sha256 if info is not None and info.sha256 else
-                                    _payload_digest(self.model.state_dict()))
+                                    payload_digest(self.model.state_dict()))
         return cache_key(image_bytes, self._weights_sha256, strength, size, self.precision,
                          self.tile, self.tile_overlap, buckets=self.buckets, resize=self.resize)
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dctnet_lite.model import ArchConfig, DCTNet
+from dctnet_lite.precision import PRECISIONS
 from dctnet_lite.profile import count_macs, count_params
 
 #: Published peak figures (vendor data sheets), NOT measured here.
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--spec", choices=sorted(SPECS), default=None, help="floors from published peaks")
     p.add_argument("--measure", action="store_true", help="floors from rates measured on --device")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="bf16", choices=list(PRECISIONS))
     a = p.parse_args(argv)
     rows = [count_row(w, r) for w in a.widths for r in a.resolutions]
     print(markdown(rows))
