@@ -12,8 +12,8 @@ Run from the repository root, e.g. (the README's table)::
 
 The photos default to ``../shared/data/portraits/train`` (the shared data folder next to the
 checkout); ``--calibration DIR`` (or ``--data DIR``) picks another folder. The JSON and the table
-hold no absolute path: the parent is named relative to the current directory (or by its file
-name when it lies outside it).
+hold no absolute path: the parent is named relative to the current directory (or by its last
+two path components when it lies outside it).
 """
 from __future__ import annotations
 

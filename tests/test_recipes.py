@@ -88,12 +88,12 @@ def test_portable_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     assert portable_path("../shared/data/portraits/train") == "../shared/data/portraits/train"
-    assert portable_path("./a/../b/c.png") == "b/c.png"
     assert portable_path(tmp_path / "checkpoints" / "x.safetensors") == "checkpoints/x.safetensors"
-    assert portable_path(tmp_path) == "."
-    other = tmp_path.parent / "elsewhere" / "y.safetensors"
-    assert portable_path(other) == "y.safetensors"
-    assert portable_path(other, root=tmp_path.parent) == "elsewhere/y.safetensors"
+    assert portable_path(tmp_path / "checkpoints", root=tmp_path) == "checkpoints"
+    assert portable_path(tmp_path, root=tmp_path) == "."
+    other = tmp_path.parent / "elsewhere" / "deep" / "y.safetensors"
+    assert portable_path(other) == portable_path(other, root=tmp_path) == "deep/y.safetensors"
+    assert portable_path(other, root=tmp_path.parent) == "elsewhere/deep/y.safetensors"
     assert portable_path(None) is None
     tree = portable_tree({"a": [str(tmp_path / "checkpoints" / "x.safetensors"), 3, None],
                           "why": f"cannot read {tmp_path}/checkpoints/z.safetensors", "rel": "runs/q"})

@@ -9,7 +9,7 @@ key can be set on the command line after them (``--width 48``, ``--quality.image
 
 Reports and provenance never hold a machine's absolute path: :func:`portable_path` keeps
 relative paths as given and turns absolute ones into paths relative to a root (the repository
-root for the shipped recipes) or, outside it, into the bare file name.
+root for the shipped recipes) or, outside it, into their last two components.
 
 jsonargparse and pyyaml are imported lazily (both come with ``pip install 'dctnet-lite[train]'``).
 """
@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..fileutil import portable_path as _portable_path
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -30,23 +32,25 @@ PathLike = Union[str, os.PathLike]
 def portable_path(path: Optional[PathLike], root: Optional[PathLike] = None) -> Optional[str]:
     """A path fit to store in a report or a checkpoint's provenance (``None`` stays ``None``).
 
-    A relative path is kept as given (normalised, ``/`` separators); an absolute one becomes
-    relative to ``root`` (default: the current directory) when it lies inside it, else its bare
-    file name. So ``../shared/data/portraits/train`` stays, ``<repo>/checkpoints/a.safetensors``
-    becomes ``checkpoints/a.safetensors`` from ``<repo>`` and ``a.safetensors`` elsewhere.
+    The package's one rule (:func:`dctnet_lite.fileutil.portable_path`, which train's provenance
+    uses too): a relative path is kept as given; an absolute one becomes relative to ``root``
+    (default: the current directory) when it lies inside it, else its last two components. So
+    ``../shared/data/portraits/train`` stays, ``<repo>/checkpoints/a.safetensors`` becomes
+    ``checkpoints/a.safetensors`` from ``<repo>``, never one machine's absolute path.
     """
     if path is None:
         return None
     s = os.path.expanduser(os.fspath(path))
-    if not os.path.isabs(s):
-        return Path(os.path.normpath(s)).as_posix()
-    base = os.path.realpath(os.fspath(root) if root is not None else os.getcwd())
+    if root is None or not os.path.isabs(s):
+        return _portable_path(s)
+    base = os.path.realpath(os.fspath(root))
     real = os.path.realpath(s)
     if real == base:
         return "."
     if real.startswith(base.rstrip(os.sep) + os.sep):
         return Path(os.path.relpath(real, base)).as_posix()
-    return Path(s).name or s
+    parts = Path(s).parts
+    return Path(*parts[-2:]).as_posix() if len(parts) > 2 else Path(s).name
 
 
 def portable_tree(obj: Any, root: Optional[PathLike] = None) -> Any:

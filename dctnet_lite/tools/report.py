@@ -12,8 +12,8 @@ Relative paths in a recipe (images, checkpoint *paths*, reference folders, ``ext
 resolved against ``base_dir``, itself relative to the recipe file that sets it (default: the
 first recipe file's folder; the current directory for a dict). Checkpoint *names*
 (``dctnet_w48.toon``: no path separator, no ``.safetensors``) go through the checkpoint registry.
-The written report holds no absolute path: paths are relative to ``base_dir`` or bare file names
-(:func:`dctnet_lite.tools.recipes.portable_tree`).
+The written report holds no absolute path: paths are relative to ``base_dir``, or their last two
+components outside it (:func:`dctnet_lite.tools.recipes.portable_tree`).
 
 The Pareto plot puts each evaluated checkpoint at (latency at ``pareto.resolution``, mean
 ``pareto.metric`` at ``pareto.strength``/``pareto.size``). Against a teacher reference the teacher
@@ -552,7 +552,7 @@ def run_report(cfg: dict, files: Sequence[str] = (), out_dir: Union[str, os.Path
 
     Nothing machine-specific is written: every path in ``report.json`` and ``report.md`` is
     relative to the recipe's ``base_dir`` (the repository root for the shipped recipes) or, for a
-    file outside it, its bare name (:func:`dctnet_lite.tools.recipes.portable_path`).
+    file outside it, its last two components (:func:`dctnet_lite.tools.recipes.portable_path`).
     """
     cfg = dict(cfg)
     base = Path(cfg.pop("base_dir_resolved", None) or Path.cwd())
