@@ -195,9 +195,11 @@ def _variant_targets(a) -> list:
 
 
 def _emit_json(a, result: dict, table: str) -> None:
-    """Write ``result`` to ``--output`` (atomically) if given; print it (``--json``) or ``table``."""
+    """Write ``result`` to ``--output`` (atomically) if given; print it (``--json``) or ``table``.
+    Absolute paths (checkpoints, photo folders) are stored portably, as in eval's reports."""
+    from .tools.recipes import portable_tree  # bench/accuracy verbs only: the tools are loaded already
 
-    text = json.dumps(result, indent=2)
+    text = json.dumps(portable_tree(result), indent=2)
     if a.output:
         atomic_write_bytes(a.output, (text + "\n").encode())
     print(text if a.json else table)

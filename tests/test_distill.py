@@ -2,7 +2,8 @@
 
 Tiny models: a random width-16 teacher saved with ``save_checkpoint`` and the width-8 student
 ``prune(teacher, width=8)``; 32-px crops of 8 generated photos. Training runs through
-``train_main`` with ``finetune/distill_w48_cpu.yaml`` plus overrides, so the recipe is exercised.
+``train_main`` with ``finetune/distill_w48.yaml`` + its CPU overlay ``distill_w48_cpu.yaml`` plus
+overrides, so the recipe is exercised.
 """
 import json
 import os
@@ -24,6 +25,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 import train_callbacks  # noqa: E402
 from dctnet_lite import DCTNet, load, save_checkpoint  # noqa: E402
+from dctnet_lite.fileutil import portable_path  # noqa: E402
 from train_callbacks import ckpt  # noqa: E402
 from dctnet_lite.tools.prune import prune  # noqa: E402
 from dctnet_lite.train import CartoonModule, export_checkpoint, train_main  # noqa: E402
@@ -31,6 +33,7 @@ from dctnet_lite.train.distill import DISTILL_VAL_STRENGTHS, file_sha256  # noqa
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+GPU_RECIPE = REPO / "finetune" / "distill_w48.yaml"
 CPU_RECIPE = REPO / "finetune" / "distill_w48_cpu.yaml"
 STEPS = 4  # validations (and last.ckpt) at steps 2 and 4
 
@@ -63,7 +66,7 @@ def photos(tmp_path_factory):
 def dargs(photos, nets, run, steps=STEPS, *extra):
     """The CPU distillation recipe shrunk to the tiny nets and images (feature + renderer terms on)."""
     teacher, student = nets
-    return ["--config", str(CPU_RECIPE),
+    return ["--config", str(GPU_RECIPE), "--config", str(CPU_RECIPE),
             "--model.init_checkpoint", str(student), "--model.teacher_checkpoint", str(teacher),
             "--model.feature_weight", "0.5", "--model.renderer_weight", "0.25",
             "--model.warmup_steps", "2", "--model.val_sample_count", "2",
@@ -160,23 +163,19 @@ def reference(photos, nets, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------ recipes
-def test_recipes_parse_and_the_control_differs_only_in_init(capsys):
-    for name in ("distill_w48.yaml", "distill_w48_cpu.yaml", "scratch_w48_cpu.yaml"):
-        assert train_main(["--config", str(REPO / "finetune" / name), "--print_config"]) == 0
-        out = capsys.readouterr().out
-        assert "target: teacher" in out and "teacher_checkpoint: toon-w64" in out and "width: 48" in out
-    read = lambda name: yaml.safe_load((REPO / "finetune" / name).read_text())  # noqa: E731
-    gpu, cpu, scratch = read("distill_w48.yaml"), read("distill_w48_cpu.yaml"), read("scratch_w48_cpu.yaml")
-    for r in (gpu, cpu):
-        assert r["model"]["init_checkpoint"] == "runs/pruned-w48.safetensors"
-    assert gpu["trainer"]["precision"] is None and gpu["trainer"]["gradient_clip_val"] > 0
-    assert gpu["model"]["ema_decay"] > 0 and gpu["trainer"]["enable_progress_bar"] is True
-    assert cpu["data"]["crop"] == 128 and cpu["data"]["batch_size"] == 4 and cpu["trainer"]["accelerator"] == "cpu"
-    assert scratch["model"]["init_checkpoint"] is None and scratch["model"]["width"] == 48
-    for r in (cpu, scratch):  # the control: same recipe and budget, another init and run folder
-        r["model"].pop("init_checkpoint")
-        r["trainer"].pop("default_root_dir")
-    assert cpu == scratch
+def test_recipes_parse_and_an_overlay_alone_is_refused(capsys):
+    fin = REPO / "finetune"
+    stacks = [[GPU_RECIPE], [GPU_RECIPE, CPU_RECIPE], [GPU_RECIPE, CPU_RECIPE, fin / "scratch_w48_cpu.yaml"]]
+    for stack in stacks:
+        argv = [a for f in stack for a in ("--config", str(f))]
+        assert train_main(argv + ["--print_config"]) == 0
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        assert cfg["model"]["target"] == "teacher" and cfg["model"]["teacher_checkpoint"] == "dctnet_w64.toon"
+        assert cfg["model"]["width"] == 48
+    # the CPU overlay alone would train on code defaults (a renderer target): refused, one line
+    assert train_main(["--config", str(CPU_RECIPE), "--print_config"]) == 2
+    err = capsys.readouterr().err
+    assert "is an overlay of distill_w48.yaml" in err and len(err.strip().splitlines()) == 1
 
 
 def test_distiller_only_with_a_teacher(nets):
@@ -233,7 +232,8 @@ def test_teacher_frozen_unsaved_and_student_trained(reference, nets):
         assert not any("teacher" in k for k in sd)
         info = state["dctnet_lite"]
         assert info["teacher"]["sha256"] == file_sha256(teacher_path)
-        assert info["teacher"]["path"] == str(Path(teacher_path).resolve())
+        assert info["teacher"]["path"] == portable_path(teacher_path)  # no absolute path of this machine
+        assert not Path(info["teacher"]["path"]).is_absolute()
         assert info["recipe"]["teacher"] == info["teacher"]
         assert state["hyper_parameters"]["teacher_checkpoint"] == str(teacher_path)
     last = ckpt(cdir / "last.ckpt")
@@ -256,7 +256,9 @@ def test_export_of_the_distilled_student(reference, nets, tmp_path):
         assert torch.allclose(model(x, s), ref, atol=2e-2)
     prov = model.checkpoint_info.provenance
     assert prov["steps"] == STEPS and prov["weights"] == "ema"
-    assert prov["parent_checkpoint"]["path"] == str(student_path)
+    assert prov["parent_checkpoint"]["path"] == portable_path(student_path)
+    assert not Path(prov["parent_checkpoint"]["path"]).is_absolute()
+    assert not Path(prov["source_checkpoint"]).is_absolute()
     assert prov["recipe"]["teacher"]["sha256"] == file_sha256(teacher_path)
     assert prov["recipe"]["model"]["target"] == "teacher"
 

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -476,7 +477,12 @@ def test_cli_bench_json(tiny_setup, capsys, tmp_path):
                "--output", str(out)])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
-    assert len(printed["rows"]) == 2 and json.loads(out.read_text())["rows"][0]["median_ms"] > 0
+    written = json.loads(out.read_text())
+    assert len(printed["rows"]) == 2 and written == printed
+    assert [r["arch"] for r in written["rows"]] == ["width 8", "width 16"]
+    ckpt = written["rows"][0]["checkpoint"]  # stored portably, never this machine's absolute path
+    assert ckpt.endswith(paths[8].name) and not Path(ckpt).is_absolute()
+    assert written["rows"][1]["checkpoint"] is None
 
 
 def test_cli_eval(tiny_setup, tmp_path, capsys):

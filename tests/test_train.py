@@ -88,9 +88,16 @@ def test_lpips_is_frozen_and_not_saved():
 
 # ------------------------------------------------------------------------------------ training
 def test_recipes_parse(capsys):
-    for name in ("teacher_w64.yaml", "teacher_w64_cpu.yaml"):
-        assert train_main(["--config", str(REPO / "finetune" / name), "--print_config"]) == 0
-        assert "width: 64" in capsys.readouterr().out
+    import yaml
+
+    base, cpu = str(REPO / "finetune" / "teacher_w64.yaml"), str(REPO / "finetune" / "teacher_w64_cpu.yaml")
+    assert train_main(["--config", base, "--print_config"]) == 0
+    gpu_cfg = yaml.safe_load(capsys.readouterr().out)
+    assert train_main(["--config", base, "--config", cpu, "--print_config"]) == 0
+    cpu_cfg = yaml.safe_load(capsys.readouterr().out)
+    assert gpu_cfg["model"]["width"] == cpu_cfg["model"]["width"] == 64
+    assert cpu_cfg["model"]["target"] == gpu_cfg["model"]["target"] == "renderer"
+    assert cpu_cfg["trainer"]["accelerator"] == "cpu" and cpu_cfg["trainer"]["max_steps"] < gpu_cfg["trainer"]["max_steps"]
 
 
 def test_two_step_run_writes_checkpoints_logs_and_samples(photos, tmp_path):

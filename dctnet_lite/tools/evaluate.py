@@ -44,6 +44,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .. import data
+from ..checkpoint import CheckpointError, read_info, resolve
+from ..images import IMAGE_EXTENSIONS, is_image_name, list_images, read_image, resize_rgb
+from ..inference import Cartoonizer, resolve_device
+from ..render import render_toon
+from .lpips_offline import lpips_distance
+
 METRICS = ("lpips_alex", "lpips_vgg", "psnr", "ssim")
 #: Which direction is better for each metric (used by reports and the Pareto plot).
 LOWER_IS_BETTER = {"lpips_alex": True, "lpips_vgg": True, "psnr": False, "ssim": False}
@@ -130,7 +137,6 @@ def ssim(x01: torch.Tensor, y01: torch.Tensor) -> torch.Tensor:
 
 def lpips(x01: torch.Tensor, y01: torch.Tensor, net: str = "alex") -> torch.Tensor:
     """Exact offline LPIPS v0.1 per image, inputs in [0, 1]; shape (B,)."""
-    from .lpips_offline import lpips_distance
 
     return lpips_distance(_as_batch(x01).float(), _as_batch(y01).float(), net=net)
 
@@ -174,7 +180,6 @@ def select_images(images: Union[str, os.PathLike, Sequence], split: Optional[str
     ``split`` (e.g. ``"val"``) keeps the images for which ``dctnet_lite.data.split_of(relpath)``
     equals it, when that function exists; otherwise every image is kept, with a warning.
     """
-    from ..images import is_image_name, list_images
 
     if isinstance(images, (str, os.PathLike)):
         root = Path(images)
@@ -205,23 +210,17 @@ def select_images(images: Union[str, os.PathLike, Sequence], split: Optional[str
 
 
 def _split_function():
-    try:
-        from .. import data
-    except ImportError:
-        return None
     return getattr(data, "split_of", None)
 
 
 def load_photo(path, size: Optional[int]) -> torch.Tensor:
     """An image file -> (1, 3, H, W) float in [0, 1], longer side ``size`` (Lanczos, aspect kept)."""
-    from ..images import read_image, resize_rgb
 
     rgb = resize_rgb(read_image(path)[0], size)
     return torch.from_numpy(np.array(rgb, dtype=np.float32, copy=True) / 255.0).permute(2, 0, 1)[None]
 
 
 def _find_target(folder: Path, rel: str) -> Optional[Path]:
-    from ..images import IMAGE_EXTENSIONS
 
     stem = Path(rel).with_suffix("")
     exact = folder / rel
@@ -241,7 +240,6 @@ class _Reference:
     """Produces the reference output for (photo, strength); ``kind`` is checkpoint/renderer/folder."""
 
     def __init__(self, spec: Union[str, os.PathLike], device):
-        from ..checkpoint import resolve
 
         self.spec, self.device = str(spec), device
         self.path: Optional[Path] = None
@@ -262,7 +260,6 @@ class _Reference:
 
     def model(self):
         if self._model is None:
-            from ..inference import Cartoonizer
 
             self._model = Cartoonizer(str(self.path), device=self.device)
         return self._model
@@ -276,7 +273,6 @@ class _Reference:
         key = (self.kind, self.spec, tuple(photo.shape))
         if key not in toon_cache:
             if self.kind == "renderer":
-                from ..render import render_toon
 
                 toon_cache[key] = render_toon(photo.to(self.device)).float().cpu()
             else:
@@ -327,8 +323,6 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
     Returns a JSON-serialisable dict: ``results`` has one row per (checkpoint, size, strength)
     with ``metrics[m] = {"mean", "std", "lo", "hi", "n"}`` (+ ``per_image`` values).
     """
-    from ..checkpoint import CheckpointError, read_info, resolve
-    from ..inference import Cartoonizer, resolve_device
 
     t_start = time.perf_counter()
     metrics = tuple(metrics)

@@ -211,13 +211,36 @@ def dump(parser, cfg) -> Dict[str, Any]:
     return data
 
 
+OVERLAY_DIRECTIVE = re.compile(r"^#\s*overlay-of:\s*(.+?)\s*$", re.MULTILINE)
+
+
+def overlay_bases(path: PathLike) -> List[str]:
+    """The recipes a config file overlays, from its ``# overlay-of: base.yaml [more.yaml]`` line."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return []
+    m = OVERLAY_DIRECTIVE.search(text)
+    return m.group(1).split() if m else []
+
+
 def check_config_files(argv: Sequence[str]) -> None:
     """FileNotFoundError for a ``--config`` value that names a file (``*.yaml``, ``*.yml``,
-    ``*.json``) that does not exist (anything else is read as YAML text)."""
+    ``*.json``) that does not exist (anything else is read as YAML text); ValueError for an
+    overlay (a file with an ``# overlay-of:`` line) given without its base recipes before it,
+    which would otherwise run silently on code defaults for every key it does not set."""
+    given: List[str] = []
     for source, _ in sources(argv):
         if source.startswith("--"):
             continue
         s = source.strip()
-        if "\n" not in s and not s.startswith("{") and s.lower().endswith((".yaml", ".yml", ".json")) \
-                and not Path(s).expanduser().is_file():
+        is_file = "\n" not in s and not s.startswith("{") and s.lower().endswith((".yaml", ".yml", ".json"))
+        if is_file and not Path(s).expanduser().is_file():
             raise FileNotFoundError(f"recipe not found: {s}")
+        if is_file:
+            missing = [b for b in overlay_bases(s) if b not in given]
+            if missing:
+                folder = Path(s).parent
+                need = " ".join(f"--config {(folder / b).as_posix()}" for b in missing)
+                raise ValueError(f"{s} is an overlay of {', '.join(missing)}: give {need} before it")
+            given.append(Path(s).name)

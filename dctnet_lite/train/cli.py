@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ..tools.recipes import check_config_files
 from .datamodule import PhotoDataModule
 from .module import CartoonModule
 
@@ -99,9 +100,15 @@ class TrainCLI(LightningCLI):
 
 def train_main(argv: Optional[List[str]] = None) -> int:
     """Run a training recipe: ``train_main(["--config", "finetune/teacher_w64.yaml"])``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_config_files(argv)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"dctnet-lite train: error: {e}", file=sys.stderr)
+        return 2
     try:
         cli = TrainCLI(CartoonModule, PhotoDataModule, run=False, seed_everything_default=0,
-                       auto_configure_optimizers=False, args=sys.argv[1:] if argv is None else list(argv),
+                       auto_configure_optimizers=False, args=argv,
                        parser_kwargs={"prog": "dctnet-lite train",
                                       "description": "Train a DCTNet with a LightningCLI recipe (finetune/*.yaml)."})
     except SystemExit as e:  # --help, parse errors
