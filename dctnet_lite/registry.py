@@ -202,8 +202,15 @@ class Weights:
         return d
 
 
-_CARDS = "checkpoints/README.md"
-_W64_METRICS = {"lpips_alex@512 s=1": 0.1345, "lpips_alex@512 s=0.5": 0.0499}
+def _curve(width: int, sha256: str, s1: float, s05: float) -> Weights:
+    """A point of the quality-vs-latency curve: the teacher pruned to ``width``, short distillation."""
+    return Weights(
+        arch=f"dctnet_w{width}", tag="toon", aliases=(f"toon-w{width}", f"toon_w{width}"), sha256=sha256,
+        summary=f"dctnet_w64.toon Taylor-pruned to width {width}, distilled 150 CPU steps (short budget)",
+        recipe="bash finetune/reproduce.sh widths", parent="dctnet_w64.toon", teacher="dctnet_w64.toon",
+        reference="dctnet_w64.toon", metrics={"lpips_alex@512 s=1": s1, "lpips_alex@512 s=0.5": s05},
+        card="dctnet_w56toon-dctnet_w40toon-dctnet_w32toon-the-curve")
+
 
 #: Every weights file we ship. The default first. Metrics: the cards' figures (eval/*_card.yaml,
 #: eval/quality_vs_latency.yaml), LPIPS (alex) on the 13 validation photos at 512 px, CPU fp32.
@@ -221,29 +228,12 @@ WEIGHTS: Tuple[Weights, ...] = (
         sha256="4a719b0f1fac87f6e2b1f717347d08bc1977f49745a1db79c00251c8ec5cb8b8",
         summary="the teacher: trained on the toon renderer's targets, 720 CPU steps",
         recipe="bash finetune/reproduce.sh teacher",
-        reference="the toon renderer", metrics=_W64_METRICS,
+        reference="the toon renderer", metrics={"lpips_alex@512 s=1": 0.1345, "lpips_alex@512 s=0.5": 0.0499},
         card="dctnet_w64toon-the-teacher"),
-    Weights(
-        arch="dctnet_w56", tag="toon", aliases=("toon-w56", "toon_w56"),
-        sha256="7450b6c6bf91f08ab81e677167edd8759259f66d3d9172834a21950bf1c65df4",
-        summary="dctnet_w64.toon Taylor-pruned to width 56, distilled 150 CPU steps (short budget)",
-        recipe="bash finetune/reproduce.sh widths", parent="dctnet_w64.toon", teacher="dctnet_w64.toon",
-        reference="dctnet_w64.toon", metrics={"lpips_alex@512 s=1": 0.0015, "lpips_alex@512 s=0.5": 0.0014},
-        card="dctnet_w56toon-dctnet_w40toon-dctnet_w32toon-the-curve"),
-    Weights(
-        arch="dctnet_w40", tag="toon", aliases=("toon-w40", "toon_w40"),
-        sha256="a763b18b437d16f0dcb3a4ac97261099310b82fb43c0974fee8db036845b75fe",
-        summary="dctnet_w64.toon Taylor-pruned to width 40, distilled 150 CPU steps (short budget)",
-        recipe="bash finetune/reproduce.sh widths", parent="dctnet_w64.toon", teacher="dctnet_w64.toon",
-        reference="dctnet_w64.toon", metrics={"lpips_alex@512 s=1": 0.0280, "lpips_alex@512 s=0.5": 0.0195},
-        card="dctnet_w56toon-dctnet_w40toon-dctnet_w32toon-the-curve"),
-    Weights(
-        arch="dctnet_w32", tag="toon", aliases=("toon-w32", "toon_w32"),
-        sha256="c551b023299f4d3c669367fd9ab9f46c7030a8382cce9dd2710d18bbcb0323b4",
-        summary="dctnet_w64.toon Taylor-pruned to width 32, distilled 150 CPU steps (short budget)",
-        recipe="bash finetune/reproduce.sh widths", parent="dctnet_w64.toon", teacher="dctnet_w64.toon",
-        reference="dctnet_w64.toon", metrics={"lpips_alex@512 s=1": 0.1112, "lpips_alex@512 s=0.5": 0.0655},
-        card="dctnet_w56toon-dctnet_w40toon-dctnet_w32toon-the-curve"),
+    *(_curve(w, sha, s1, s05) for w, sha, s1, s05 in (
+        (56, "7450b6c6bf91f08ab81e677167edd8759259f66d3d9172834a21950bf1c65df4", 0.0015, 0.0014),
+        (40, "a763b18b437d16f0dcb3a4ac97261099310b82fb43c0974fee8db036845b75fe", 0.0280, 0.0195),
+        (32, "c551b023299f4d3c669367fd9ab9f46c7030a8382cce9dd2710d18bbcb0323b4", 0.1112, 0.0655))),
 )
 
 #: The checkpoint used when none is named; it ships inside the wheel.

@@ -60,13 +60,13 @@ from PIL import Image
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import CheckpointError, file_sha256, load, resolve, save_checkpoint
+from ..checkpoint import file_sha256, load, resolve, save_checkpoint
 from ..images import list_images, read_image
 from ..model import CHANNEL_MULTIPLE, ArchConfig, DCTNet, channel_groups
 from ..profile import count_macs, count_params
 from .lpips_offline import lpips_distance
-from .recipes import (as_argv, check_config_files, check_keys, config_files, exit_code, parse,
-                      portable_path, rewrite_argv, sources)
+from .recipes import (as_argv, check_keys, config_files, parse,
+                      portable_path, rewrite_argv, run_verb, sources)
 
 CRITERIA = ("l1", "l2", "taylor", "lamp", "fpgm", "random")
 NEEDS_CALIBRATION = frozenset({"taylor"})
@@ -722,22 +722,10 @@ def prune_main(recipe_or_kwargs: Union[PathLike, Mapping, Sequence, None] = None
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     """``dctnet-lite prune``: exit 0 on success, 1 when pruning fails, 2 on a usage error."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        check_config_files(argv)
-        opts = parse_recipe(argv)
-    except SystemExit as e:  # --help, --print_config
-        return exit_code(e)
-    except FileNotFoundError as e:
-        print(f"dctnet-lite prune: error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:
-        print(f"dctnet-lite prune: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        result = run_recipe(opts)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"dctnet-lite prune: error: {e}", file=sys.stderr)
-        return 1
+    rc, done = run_verb("prune", argv, parse_recipe, lambda opts: (opts, run_recipe(opts)))
+    if done is None:
+        return rc
+    opts, result = done
     r, m = result.report, result.metrics
     if opts.get("json"):
         print(json.dumps(r, indent=2, sort_keys=True))

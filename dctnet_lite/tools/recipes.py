@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..checkpoint import CheckpointError
 from ..fileutil import portable_path as _portable_path
 
 PathLike = Union[str, os.PathLike]
@@ -244,3 +245,22 @@ def check_config_files(argv: Sequence[str]) -> None:
                 need = " ".join(f"--config {(folder / b).as_posix()}" for b in missing)
                 raise ValueError(f"{s} is an overlay of {', '.join(missing)}: give {need} before it")
             given.append(Path(s).name)
+
+
+def run_verb(verb: str, argv: Sequence[str], parse_fn, run_fn) -> Tuple[int, Any]:
+    """The shape every recipe verb shares: check the ``--config`` files and parse (``--help`` and
+    ``--print_config`` exit 0, a missing recipe 1, a usage error 2), then run (a failure exits 1);
+    each error is one line on stderr. Returns ``(exit code, run_fn's result or None)``."""
+    try:
+        check_config_files(argv)
+        parsed = parse_fn(argv)
+    except SystemExit as e:  # --help, --print_config
+        return exit_code(e), None
+    except (FileNotFoundError, ValueError) as e:
+        print(f"dctnet-lite {verb}: error: {e}", file=sys.stderr)
+        return (1 if isinstance(e, FileNotFoundError) else 2), None
+    try:
+        return 0, run_fn(parsed)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"dctnet-lite {verb}: error: {e}", file=sys.stderr)
+        return 1, None

@@ -44,8 +44,8 @@ from ..checkpoint import CheckpointError, resolve
 from ..fileutil import atomic_write_bytes
 from .bench import ANCHOR, bench
 from .evaluate import LOWER_IS_BETTER, evaluate
-from .recipes import (as_argv, check_config_files, check_keys, config_files, dump, exit_code, parse,
-                      portable_tree, rewrite_argv, sources)
+from .recipes import (as_argv, check_keys, config_files, dump, parse,
+                      portable_tree, rewrite_argv, run_verb, sources)
 
 METRIC_TITLES = {"lpips_alex": "LPIPS (alex)", "lpips_vgg": "LPIPS (vgg)", "psnr": "PSNR (dB)",
                  "ssim": "SSIM"}
@@ -620,22 +620,9 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     named = any(str(a).split("=")[0] in ("--config", "--recipe") for a in argv)
     if not named and Path(DEFAULT_CONFIG).is_file():
         argv = ["--config", DEFAULT_CONFIG] + argv
-    try:
-        check_config_files(argv)
-        cfg, files = parse_recipe(argv)
-    except SystemExit as e:  # --help, --print_config
-        return exit_code(e)
-    except FileNotFoundError as e:
-        print(f"dctnet-lite eval: error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:
-        print(f"dctnet-lite eval: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        out = run_report(cfg, files, progress=True)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"dctnet-lite eval: error: {e}", file=sys.stderr)
-        return 1
+    rc, out = run_verb("eval", argv, parse_recipe, lambda parsed: run_report(*parsed, progress=True))
+    if out is None:
+        return rc
     print(f"wrote {out / 'report.md'}, {out / 'report.json'}"
           + (f", {out / 'pareto.png'}" if (out / "pareto.png").exists() else ""))
     return 0
