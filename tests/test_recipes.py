@@ -110,3 +110,26 @@ def test_rewrite_argv_and_one_line(capsys):
     err = ValueError('Parser key "width":\n  Does not validate against any of the Union subtypes\n'
                      "  Given value type: <class 'str'>\n  Given value: 12.5")
     assert one_line(err) == "invalid value 12.5 for width"
+
+
+def test_an_overlay_alone_or_before_its_base_is_refused_and_old_recipe_files_say_where_they_went(tmp_path):
+    from dctnet_lite.tools.recipes import check_config_files, overlay_bases
+
+    base, over = tmp_path / "base.yaml", tmp_path / "over.yaml"
+    base.write_text("a: 1\n")
+    over.write_text("# overlay-of: base.yaml\na: 2\n")
+    assert overlay_bases(over) == ["base.yaml"] and overlay_bases(base) == []
+    check_config_files(["--config", str(base), "--config", str(over), "--a", "3"])  # fine
+    for argv in (["--config", str(over)], ["--config", str(over), "--config", str(base)]):
+        with pytest.raises(ValueError, match=f"over.yaml is an overlay of base.yaml: give --config .*base.yaml before it"):
+            check_config_files(argv)
+    with pytest.raises(FileNotFoundError, match=r"prune/w48.yaml \(.*--config prune/uniform.yaml --width 48\)"):
+        check_config_files(["--config", "prune/w48.yaml"])
+    with pytest.raises(FileNotFoundError, match=r"^recipe not found: elsewhere/w48.yaml$"):
+        check_config_files(["--config", "elsewhere/w48.yaml"])
+    # every shipped overlay names a base that exists beside it
+    repo = Path(__file__).resolve().parents[1]
+    overlays = [p for d in ("finetune", "prune", "eval") for p in (repo / d).glob("*.yaml") if overlay_bases(p)]
+    assert len(overlays) >= 5
+    for p in overlays:
+        assert all((p.parent / b).is_file() for b in overlay_bases(p)), p

@@ -237,7 +237,11 @@ def check_config_files(argv: Sequence[str]) -> None:
         s = source.strip()
         is_file = "\n" not in s and not s.startswith("{") and s.lower().endswith((".yaml", ".yml", ".json"))
         if is_file and not Path(s).expanduser().is_file():
-            raise FileNotFoundError(f"recipe not found: {s}")
+            old = re.fullmatch(r"w(\d+)\.ya?ml", Path(s).name)
+            hint = (f" (the per-width prune recipes became one file in dctnet_lite 0.2: --config "
+                    f"{(Path(s).parent / 'uniform.yaml').as_posix()} --width {old.group(1)})"
+                    if old and Path(s).parent.name == "prune" else "")
+            raise FileNotFoundError(f"recipe not found: {s}{hint}")
         if is_file:
             missing = [b for b in overlay_bases(s) if b not in given]
             if missing:
