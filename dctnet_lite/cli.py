@@ -434,9 +434,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    # deprecation notes (old checkpoint names, --recipe) as one line each, not a source excerpt
+    # deprecation notes (old checkpoint names) as one line each, not a source excerpt; restored
+    # afterwards, so a caller of main() (a test, a script) keeps its own warning format
+    previous = warnings.formatwarning
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"dctnet-lite: {cat.__name__}: {msg}\n"
-
     try:
         return args.func(args)
     except (CLIError, CheckpointError, ValueError, FileNotFoundError) as e:
@@ -445,6 +446,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyError as e:  # unknown registry names: the message is the first argument
         print(f"dctnet-lite {args.verb}: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

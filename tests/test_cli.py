@@ -104,3 +104,16 @@ def test_inference_path_imports_nothing_heavy(tiny_ckpt, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_old_checkpoint_name_warns_in_one_line_and_main_leaves_the_warning_format_alone():
+    import warnings
+
+    before = warnings.formatwarning
+    r = subprocess.run([sys.executable, "-m", "dctnet_lite", "info", "--checkpoint", "toon-w40", "--resolution", "64"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and "width 40" in r.stdout
+    assert r.stderr.strip() == ("dctnet-lite: FutureWarning: checkpoint name 'toon-w40' is deprecated and will "
+                                "be removed in dctnet_lite 0.3: use 'dctnet_w40.toon'")
+    assert main(["info", "--width", "16", "--resolution", "32"]) == 0
+    assert warnings.formatwarning is before
