@@ -236,10 +236,16 @@ class UpBlock(nn.Module):
 class DCTNet(nn.Module):
     """The two-branch DCT-Net UNet. Input and output are RGB in [-1, 1].
 
+    Every family's network offers the same interface: ``forward(x, strength)`` on any size,
+    ``forward_padded(x, strength)`` (the body, on sides that are multiples of :attr:`stride`) and
+    ``stride`` (its total downsampling), which the Cartoonizer and the ONNX export rely on.
+
     ``forward(x, strength)`` takes any spatial size: it pads to a multiple of :data:`STRIDE`
     (:func:`pad_to_multiple`), runs :meth:`forward_padded` and crops back. ``strength`` is a float
     or a per-sample ``(B,)`` tensor in [0, 1] (:func:`strength_vector`).
     """
+
+    stride = STRIDE
 
     def __init__(self, config: Union[ArchConfig, int, None] = None):
         super().__init__()

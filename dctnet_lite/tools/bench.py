@@ -71,6 +71,7 @@ from ..model import ArchConfig, DCTNet
 from ..pipeline import cartoonize_files, default_workers
 from ..precision import PRECISIONS
 from ..profile import count_macs, count_params
+from ..registry import family_of
 from .evaluate import select_images
 
 BACKENDS = ("eager", "channels_last", "compile", "cudagraphs")
@@ -202,8 +203,8 @@ def _target_model(target, seed: int = 0):
         torch.manual_seed(seed)
         return f"w{int(target)} (random init)", DCTNet(ArchConfig.from_width(int(target))).eval(), None
     path = resolve(target)
-    label = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else str(target)
-    return label, load(path, device="cpu"), path
+    model = load(path, device="cpu")
+    return model.checkpoint_info.name, model, path
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -287,7 +288,8 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     if warmup < 1 or repeats < 1:
         raise ValueError("warmup and repeats must be >= 1")
     arch = model.config
-    row = {"target": label, "arch": arch.describe(), "width": arch.base_width,
+    row = {"target": label, "family": family_of(arch).name, "arch": arch.describe(),
+           "width": getattr(arch, "base_width", None),
            "params": count_params(model), "device": str(dev), "precision": precision,
            "backend": backend, "resolution": int(resolution), "batch": int(batch),
            "threads": torch.get_num_threads() if dev.type == "cpu" else None,

@@ -410,7 +410,7 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
                     row_metrics[name] = summ
                 results.append({
                     "checkpoint": m["name"], "path": str(m["path"]), "arch": arch.describe(),
-                    "width": arch.base_width, "reference": m["ref"].label,
+                    "width": getattr(arch, "base_width", None), "reference": m["ref"].label,
                     "reference_kind": m["ref"].kind, "is_reference": m["is_reference"],
                     "strength": s, "size": size,
                     "n": len(per[(i, size, s)][metrics[0]]), "metrics": row_metrics})

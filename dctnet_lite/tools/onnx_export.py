@@ -48,8 +48,9 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import load
 from ..fileutil import atomic_write_bytes
-from ..model import DCTNet, STRIDE, pad_to_multiple_traceable
+from ..model import DCTNet, pad_to_multiple_traceable
 from ..precision import ONNX_PRECISIONS, PRECISIONS, check_precision
+from ..registry import family_of
 
 INPUT_NAMES = ("image", "strength")
 OUTPUT_NAME = "cartoon"
@@ -87,14 +88,15 @@ class OnnxCartoonizer(nn.Module):
         dtype = next(self.net.parameters()).dtype
         x = image.to(dtype) * 2 - 1
         h, w = x.shape[-2], x.shape[-1]
-        y = self.net.forward_padded(pad_to_multiple_traceable(x, STRIDE), strength.to(dtype).view(-1, 1, 1, 1))
+        y = self.net.forward_padded(pad_to_multiple_traceable(x, self.net.stride), strength.to(dtype).view(-1, 1, 1, 1))
         y = y.index_select(2, torch.arange(h, device=y.device)).index_select(3, torch.arange(w, device=y.device))
         return ((y.float() + 1) * 0.5).clamp(0, 1)
 
 
 def _load_model(checkpoint_or_model) -> Tuple[DCTNet, Optional[str]]:
     """(CPU fp32 eval copy of the network, checkpoint sha256 or None)."""
-    if isinstance(checkpoint_or_model, DCTNet):
+    if isinstance(checkpoint_or_model, nn.Module):
+        family_of(checkpoint_or_model)  # a network of a registered family (TypeError otherwise)
         model = copy.deepcopy(checkpoint_or_model).float().cpu().eval()
     else:
         model = load(checkpoint_or_model, device="cpu").float().eval()
@@ -156,6 +158,7 @@ def export_onnx(checkpoint_or_model: Union[str, os.PathLike, DCTNet], out_path: 
                 dim.dim_param = name
     meta = {
         "dctnet_lite.version": __version__,
+        "dctnet_lite.family": family_of(model).name,
         "dctnet_lite.arch": model.config.to_json(),
         "dctnet_lite.checkpoint_sha256": sha or "",
         "dctnet_lite.precision": precision,
