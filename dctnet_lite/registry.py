@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from torch import nn
 
 from .model import ArchConfig, DCTNet
+from .official import OfficialConfig, OfficialGenerator
 
 #: Old names are removed in this release (a deprecation is announced for one release).
 ALIASES_REMOVED_IN = "0.3"
@@ -92,6 +93,11 @@ def family_of(obj) -> Family:
 DCTNET = register_family(Family(
     name="dctnet", model_cls=DCTNet, config_cls=ArchConfig, from_width=ArchConfig.from_width,
     summary="two-branch DCT-Net UNet (content + texture encoders, fusion weighted by the style strength)"))
+OFFICIAL = register_family(Family(
+    name="official", model_cls=OfficialGenerator, config_cls=OfficialConfig,
+    from_width=OfficialConfig.from_channels,
+    summary="ModelScope's DCT-Net generator (unet_generator + guided filter), imported from its "
+            "frozen TF graphs; strength blends photo and cartoon"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +163,8 @@ def create_model(name_or_config: Union[str, int, Any], pretrained: bool = False)
 
 for _w in (16, 24, 32, 40, 48, 56, 64):
     register_model(f"dctnet_w{_w}", lambda _w=_w: ArchConfig.from_width(_w))
+for _c in (16, 24, 32):  # official_c32n4 is every released ModelScope DCT-Net graph
+    register_model(f"official_c{_c}n4", lambda _c=_c: OfficialConfig.from_channels(_c, 4), family="official")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,425 @@
+"""The official DCT-Net generator (ModelScope's ``unet_generator`` + guided filter), exact to TF.
+
+This is the network inside ModelScope's DCT-Net model folders (``cartoon_h.pb``, ``cartoon_bg.pb``,
+``cartoon_anime_*.pb``, frozen by ``CartoonTranslationExporter``), as a second model family
+(``official``) of the registry. :mod:`dctnet_lite.tools.import_modelscope` turns those graphs into
+checkpoints of this family. Topology for base channels ``c`` and ``n`` residual blocks
+(``modelscope/models/cv/cartoon/network.py``)::
+
+    x0 = lrelu(conv7x7(photo, c))                                    conv_in
+    x1 = lrelu(conv3x3(lrelu(conv3x3/2(x0, c)), 2c))                 enc1a (stride 2), enc1b
+    r  = lrelu(conv3x3(lrelu(conv3x3/2(x1, 2c)), 4c))                enc2a (stride 2), enc2b
+    r  = r + conv3x3(lrelu(conv3x3(r, 4c)), 4c)      (n times)       blocks[i].conv1, .conv2
+    y  = lrelu(conv3x3(r, 2c))                                       dec2
+    y  = lrelu(conv3x3(lrelu(conv3x3(up2(y) + x1, 2c)), c))          dec1a, dec1b
+    y  = conv7x7(lrelu(conv3x3(up2(y) + x0, c)), 3)                  dec0, conv_out
+    cartoon = guided_filter(photo, y, r=1, eps=1e-2)
+
+with leaky ReLU 0.2, TF ``'SAME'`` padding (stride 2: the odd pixel of padding goes at the
+bottom/right), TF1's legacy ``resize_bilinear`` (``align_corners=False, half_pixel_centers=False``:
+``src = dst * in / out``) and a box filter by zero-padded depthwise convolution divided by the box
+filter of ones. The graph only accepts sides that are multiples of 4 (the additive skips need
+``2 * ceil(ceil(n / 2) / 2) == ceil(n / 2)``), hence :attr:`OfficialGenerator.stride` = 4.
+
+Conventions (the library's, so every tool treats this family like the other one):
+
+- **RGB.** The graphs take BGR. The importer reverses the first conv's input channels and the last
+  conv's output channels (and bias), so this module runs on RGB natively; the guided filter works
+  per channel, so that is the same function. :func:`official_uint8` takes BGR like the graph.
+- **Range.** ``forward`` takes and returns RGB in [-1, 1] (the cartoon is clamped to [-1, 1]).
+- **Strength** is the output blend ``(1 - s) * photo + s * cartoon`` (``s = 0`` returns the photo
+  exactly, ``s = 1`` the cartoon exactly); a float or a ``(B,)`` tensor in [0, 1].
+- **Sizes that are not multiples of 4.** By default (the library's path, also what the
+  Cartoonizer does with :attr:`stride`) the input is padded bottom/right to a multiple of 4 by
+  :func:`dctnet_lite.model.pad_to_multiple` (reflection) and cropped back: at most 3 extra rows and
+  columns of mirrored image, so the borders look like the rest of the picture, and sides that are
+  multiples of 4 run exactly the graph. ``official_pad=True`` does what ModelScope's pipeline does
+  (``padTo16x``: white padding to the next multiple of 16, bottom/right, then cropped), which
+  reproduces the official results bit for bit (:func:`pad_to_16x`) but lets up to 16 rows of white
+  bleed into the bottom/right borders through the receptive field and the guided filter.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import pad_to_multiple, strength_vector
+
+OFFICIAL_VERSION = 1
+STRIDE = 4               #: the graph needs sides that are multiples of 4
+OFFICIAL_PAD = 16        #: ModelScope's pipeline pads to multiples of 16 (padTo16x)
+LEAKY_SLOPE = 0.2        #: tf.nn.leaky_relu's default alpha
+GF_RADIUS = 1
+GF_EPS = 1e-2
+CLIP = 0.999999          #: the exported graph clips to +-0.999999 before (y + 1) * 127.5 -> uint8
+DEFAULT_CHANNELS = 32    #: every released model: c = 32, n = 4
+DEFAULT_BLOCKS = 4
+
+
+def channel_groups(num_blocks: int = DEFAULT_BLOCKS) -> Tuple[str, ...]:
+    """Names of the independently sized channel groups, in graph order.
+
+    Groups joined by an additive skip share one entry: ``x0`` is the 7x7 stem's output and the
+    second decoder conv at half resolution (``dec1b``, added to ``x0`` after the upsampling);
+    ``x1`` the encoder's 2c output and the decoder conv before the first upsampling (``dec2``);
+    ``res`` the residual stream (``enc2b`` and every block's second conv). The others are free:
+    ``down1``/``down2`` (the stride-2 convs), ``block<i>`` (each block's inner width), ``dec1``
+    (``dec1a``) and ``dec0`` (the full-resolution 3x3 before the output conv).
+    """
+    return ("x0", "down1", "x1", "down2", "res") + tuple(f"block{i}" for i in range(num_blocks)) \
+        + ("dec1", "dec0")
+
+
+def widths_from_channels(c: int, num_blocks: int = DEFAULT_BLOCKS) -> Dict[str, int]:
+    """Channel table of the uniform generator of base channels ``c``."""
+    t = {"x0": c, "down1": c, "x1": 2 * c, "down2": 2 * c, "res": 4 * c}
+    t.update({f"block{i}": 4 * c for i in range(num_blocks)})
+    t.update(dec1=2 * c, dec0=c)
+    return t
+
+
+def _check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialConfig:
+    """Architecture of an :class:`OfficialGenerator`.
+
+    ``OfficialConfig(channels=32, num_blocks=4)`` is the released generator. A non-uniform one
+    (after pruning) carries ``table`` (every group of :func:`channel_groups`) and ``channels=None``.
+    Channel counts are any positive integers (a graph is imported as it is); the registered
+    architectures use multiples of 8.
+    """
+
+    channels: Optional[int] = DEFAULT_CHANNELS
+    num_blocks: int = DEFAULT_BLOCKS
+    table: Optional[Mapping[str, int]] = None
+    version: int = OFFICIAL_VERSION
+
+    def __post_init__(self):
+        if self.version != OFFICIAL_VERSION:
+            raise ValueError(f"official generator config version {self.version} is not supported "
+                             f"(this dctnet_lite builds version {OFFICIAL_VERSION})")
+        if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 0:
+            raise ValueError(f"num_blocks must be a non-negative integer, got {self.num_blocks!r}")
+        if self.table is None:
+            if self.channels is None:
+                raise ValueError("OfficialConfig needs base channels or an explicit channel table")
+            _check_positive("channels", self.channels)
+            return
+        t = dict(self.table)
+        expected = channel_groups(self.num_blocks)
+        missing = [k for k in expected if k not in t]
+        extra = [k for k in t if k not in expected]
+        if missing or extra:
+            raise ValueError(f"channel table does not match {self.num_blocks} residual blocks: "
+                             f"missing {missing}, unknown {extra}")
+        object.__setattr__(self, "table", {k: _check_positive(f"table[{k!r}]", t[k]) for k in expected})
+        if self.channels is not None:
+            raise ValueError("give base channels or a channel table, not both")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_channels(cls, c: int, num_blocks: int = DEFAULT_BLOCKS) -> "OfficialConfig":
+        return cls(channels=c, num_blocks=num_blocks)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, int], num_blocks: Optional[int] = None) -> "OfficialConfig":
+        """An explicit table; collapses to the uniform form when it is one."""
+        t = {k: int(v) for k, v in table.items()}
+        if num_blocks is None:
+            num_blocks = sum(1 for k in t if k.startswith("block"))
+        c = t.get("x0")
+        if isinstance(c, int) and c > 0 and widths_from_channels(c, num_blocks) == t:
+            return cls(channels=c, num_blocks=num_blocks)
+        return cls(channels=None, num_blocks=num_blocks, table=t)
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def widths(self) -> Dict[str, int]:
+        """The full channel table (derived from ``channels`` when uniform)."""
+        if self.table is not None:
+            return dict(self.table)
+        return widths_from_channels(self.channels, self.num_blocks)
+
+    @property
+    def is_uniform(self) -> bool:
+        return self.table is None
+
+    def describe(self) -> str:
+        """``official c32 n4`` or ``official non-uniform (x0/x1/res = 24/48/120) n4``."""
+        if self.is_uniform:
+            return f"official c{self.channels} n{self.num_blocks}"
+        t = self.widths
+        return f"official non-uniform (x0/x1/res = {t['x0']}/{t['x1']}/{t['res']}) n{self.num_blocks}"
+
+    def diff(self, other) -> str:
+        """Where two configs differ, in words (for mismatch errors)."""
+        if not isinstance(other, OfficialConfig):
+            return f"{self.describe()} vs a {type(other).__name__}"
+        diffs = []
+        if self.num_blocks != other.num_blocks:
+            diffs.append(f"num_blocks: {self.num_blocks} vs {other.num_blocks}")
+        if self.is_uniform and other.is_uniform:
+            if self.channels != other.channels:
+                diffs.append(f"channels: {self.channels} vs {other.channels}")
+        else:
+            a, b = self.widths, other.widths
+            diffs += [f"{k}: {a.get(k)} vs {b.get(k)}" for k in channel_groups(max(self.num_blocks, other.num_blocks))
+                      if a.get(k) != b.get(k)]
+        return ", ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "") if diffs else "identical"
+
+    def to_dict(self) -> dict:
+        d = {"version": self.version, "channels": self.channels, "num_blocks": self.num_blocks}
+        if self.table is not None:
+            d["table"] = dict(self.table)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "OfficialConfig":
+        known = {"version", "channels", "num_blocks", "table"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown official generator config fields {sorted(unknown)}")
+        return cls(channels=d.get("channels"), num_blocks=d.get("num_blocks", DEFAULT_BLOCKS),
+                   table=d.get("table"), version=d.get("version", OFFICIAL_VERSION))
+
+    def __eq__(self, other) -> bool:  # a table equal to the uniform one is the same architecture
+        if not isinstance(other, OfficialConfig):
+            return NotImplemented
+        return self.num_blocks == other.num_blocks and self.widths == other.widths \
+            and self.version == other.version
+
+    def __hash__(self) -> int:
+        return hash((self.version, self.num_blocks, tuple(sorted(self.widths.items()))))
+
+
+# ---------------------------------------------------------------------------------------------
+# TF's operations, exactly
+# ---------------------------------------------------------------------------------------------
+def same_pads(n: int, k: int, s: int) -> Tuple[int, int]:
+    """TF 'SAME' padding of one side of length ``n``: (before, after); the odd pixel goes after."""
+    out = -(-n // s)
+    total = max((out - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def _side(n) -> Optional[int]:
+    return n if isinstance(n, int) else None  # symbolic (export): the caller's sides are even
+
+
+def conv_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv`` (built with padding 0) with TF 'SAME' zero padding computed from the input size."""
+    k, s = conv.kernel_size[0], conv.stride[0]
+    h, w = _side(x.shape[-2]), _side(x.shape[-1])
+    ph = same_pads(h, k, s) if h is not None else same_pads(2, k, s)
+    pw = same_pads(w, k, s) if w is not None else same_pads(2, k, s)
+    if s == 1 and ph[0] == ph[1] == pw[0] == pw[1]:
+        # symmetric: the convolution's own zero padding is the same arithmetic, without a copy
+        return F.conv2d(x, conv.weight, conv.bias, 1, ph[0])
+    return conv(F.pad(x, (pw[0], pw[1], ph[0], ph[1])))
+
+
+def upsample2x_legacy(x: torch.Tensor) -> torch.Tensor:
+    """TF1 ``resize_bilinear(x, 2 * size)`` (align_corners=False, half_pixel_centers=False).
+
+    ``src = dst * in / out = dst / 2``: even outputs copy input ``i``, odd ones are
+    ``a + (b - a) * 0.5`` with ``b`` the next input clamped at the last one; TF lerps along the
+    width first, then the height, in that formula."""
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        nxt = torch.cat([t.narrow(dim, 1, t.shape[dim] - 1), t.narrow(dim, t.shape[dim] - 1, 1)], dim)
+        odd = t + (nxt - t) * 0.5
+        y = torch.stack([t, odd], dim=dim + 1)
+        shape = list(t.shape)
+        shape[dim] = -1
+        return y.reshape(shape)
+
+    return along(along(x, 3), 2)
+
+
+def box_filter(x: torch.Tensor, r: int = GF_RADIUS) -> torch.Tensor:
+    """ModelScope's ``tf_box_filter``: depthwise conv with a (2r+1)^2 kernel of ``1/(2r+1)^2``
+    (float32) and zero 'SAME' padding."""
+    c = x.shape[1]
+    k = 2 * r + 1
+    weight = torch.full((c, 1, k, k), float(np.float32(1.0 / k ** 2)), dtype=x.dtype, device=x.device)
+    return F.conv2d(x, weight, None, 1, r, 1, c)
+
+
+def guided_filter(x: torch.Tensor, y: torch.Tensor, r: int = GF_RADIUS, eps: float = GF_EPS) -> torch.Tensor:
+    """ModelScope's ``guided_filter(x, y, r, eps)`` (loss.py), per channel, NCHW."""
+    n = box_filter(torch.ones_like(x[:, :1]), r)
+    mean_x = box_filter(x, r) / n
+    mean_y = box_filter(y, r) / n
+    cov_xy = box_filter(x * y, r) / n - mean_x * mean_y
+    var_x = box_filter(x * x, r) / n - mean_x * mean_x
+    a = cov_xy / (var_x + eps)
+    b = mean_y - a * mean_x
+    return box_filter(a, r) / n * x + box_filter(b, r) / n
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int, mid: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, mid, 3)
+        self.conv2 = nn.Conv2d(mid, channels, 3)
+
+    def forward(self, x):
+        return x + conv_same(F.leaky_relu(conv_same(x, self.conv1), LEAKY_SLOPE), self.conv2)
+
+
+#: (module name, TF scope) of every conv in graph order; block convs are inserted at "blocks"
+CONV_ORDER = ("conv_in", "enc1a", "enc1b", "enc2a", "enc2b", "blocks", "dec2", "dec1a", "dec1b",
+              "dec0", "conv_out")
+
+
+class OfficialGenerator(nn.Module):
+    """ModelScope's DCT-Net generator with its guided filter. Input and output: RGB in [-1, 1].
+
+    ``forward(x, strength=1.0, official_pad=False)`` takes any size (see the module docstring for
+    the padding); ``forward_padded(x, strength)`` is the body on sides that are multiples of
+    :attr:`stride` with ``strength`` a (B, 1, 1, 1) tensor (the Cartoonizer and the ONNX export
+    call it); :meth:`cartoon` is the graph's function itself (no strength, no clamp).
+    """
+
+    stride = STRIDE
+
+    def __init__(self, config: Union[OfficialConfig, int, None] = None):
+        super().__init__()
+        if config is None:
+            config = OfficialConfig()
+        elif isinstance(config, int) and not isinstance(config, bool):
+            config = OfficialConfig.from_channels(config)
+        self.config = config
+        t = config.widths
+        self.conv_in = nn.Conv2d(3, t["x0"], 7)
+        self.enc1a = nn.Conv2d(t["x0"], t["down1"], 3, stride=2)
+        self.enc1b = nn.Conv2d(t["down1"], t["x1"], 3)
+        self.enc2a = nn.Conv2d(t["x1"], t["down2"], 3, stride=2)
+        self.enc2b = nn.Conv2d(t["down2"], t["res"], 3)
+        self.blocks = nn.ModuleList(_ResBlock(t["res"], t[f"block{i}"]) for i in range(config.num_blocks))
+        self.dec2 = nn.Conv2d(t["res"], t["x1"], 3)
+        self.dec1a = nn.Conv2d(t["x1"], t["dec1"], 3)
+        self.dec1b = nn.Conv2d(t["dec1"], t["x0"], 3)
+        self.dec0 = nn.Conv2d(t["x0"], t["dec0"], 3)
+        self.conv_out = nn.Conv2d(t["dec0"], 3, 7)
+
+    def convs(self):
+        """Every conv in graph order (the order of the TF graph's Conv, Conv_1, ... scopes)."""
+        out = []
+        for name in CONV_ORDER:
+            if name == "blocks":
+                for b in self.blocks:
+                    out += [b.conv1, b.conv2]
+            else:
+                out.append(getattr(self, name))
+        return out
+
+    def generator(self, x: torch.Tensor) -> torch.Tensor:
+        """``unet_generator``: the raw output before the guided filter."""
+        act = lambda t: F.leaky_relu(t, LEAKY_SLOPE)  # noqa: E731
+        x0 = act(conv_same(x, self.conv_in))
+        x1 = act(conv_same(act(conv_same(x0, self.enc1a)), self.enc1b))
+        y = act(conv_same(act(conv_same(x1, self.enc2a)), self.enc2b))
+        for block in self.blocks:
+            y = block(y)
+        y = act(conv_same(y, self.dec2))
+        y = act(conv_same(upsample2x_legacy(y) + x1, self.dec1a))
+        y = act(conv_same(y, self.dec1b))
+        y = act(conv_same(upsample2x_legacy(y) + x0, self.dec0))
+        return conv_same(y, self.conv_out)
+
+    def cartoon(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph's function: ``guided_filter(x, generator(x), r=1, eps=1e-2)``, unclamped."""
+        return guided_filter(x, self.generator(x))
+
+    def forward_padded(self, x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, 3, H, W) in [-1, 1], H and W multiples of :attr:`stride`; ``strength`` a
+        (B, 1, 1, 1) tensor of ``x``'s dtype -> ``(1 - s) * x + s * clamp(cartoon, -1, 1)``."""
+        y = self.cartoon(x).clamp(-1.0, 1.0)
+        return (1.0 - strength) * x + strength * y
+
+    def forward(self, x: torch.Tensor, strength: Union[float, torch.Tensor] = 1.0,
+                official_pad: bool = False) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"OfficialGenerator expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        s = strength_vector(strength, x.shape[0], x.device, x.dtype).view(-1, 1, 1, 1)
+        xp = pad_white_16x(x) if official_pad else pad_to_multiple(x, STRIDE)
+        y = self.forward_padded(xp, s)
+        return y[..., :h, :w]
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelScope's pipeline conventions
+# ---------------------------------------------------------------------------------------------
+def official_padded_side(h: int, w: int) -> Tuple[int, int]:
+    """``padTo16x``'s size: unchanged when both sides are multiples of 16, else **both** sides go to
+    ``(side // 16 + 1) * 16`` (so a side that already is a multiple of 16 gains 16 rows of white
+    when the other is not: ModelScope's quirk, kept for bit-exact results)."""
+    if h % OFFICIAL_PAD == 0 and w % OFFICIAL_PAD == 0:
+        return h, w
+    return (h // OFFICIAL_PAD + 1) * OFFICIAL_PAD, (w // OFFICIAL_PAD + 1) * OFFICIAL_PAD
+
+
+def pad_to_16x(image: np.ndarray) -> Tuple[np.ndarray, int, int]:
+    """ModelScope's ``padTo16x`` on an HxWx3 array: (padded with 255 bottom/right, h, w)."""
+    h, w = image.shape[:2]
+    nh, nw = official_padded_side(h, w)
+    if (nh, nw) == (h, w):
+        return image, h, w
+    out = np.full((nh, nw) + image.shape[2:], 255, dtype=image.dtype)
+    out[:h, :w] = image
+    return out, h, w
+
+
+def pad_white_16x(x: torch.Tensor) -> torch.Tensor:
+    """:func:`pad_to_16x` on a (B, 3, H, W) tensor in [-1, 1] (white = 1.0 = 255 / 127.5 - 1)."""
+    h, w = x.shape[-2:]
+    nh, nw = official_padded_side(h, w)
+    if (nh, nw) == (h, w):
+        return x
+    return F.pad(x, (0, nw - w, 0, nh - h), value=1.0)
+
+
+def official_uint8(model: OfficialGenerator, bgr: np.ndarray, official_pad: bool = False) -> np.ndarray:
+    """The exported graph's uint8 path: ``bgr`` HxWx3 BGR, float (or uint8) in 0..255 ->
+    ``cast_uint8((clip(cartoon, +-0.999999) + 1) * 127.5)``, HxWx3 BGR uint8 (truncation).
+
+    Like the graph, it needs sides that are multiples of 4; ``official_pad=True`` does what
+    ModelScope's pipeline does instead (``padTo16x`` with white, run, crop back)."""
+    a = np.asarray(bgr)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"official_uint8 expects an HxWx3 BGR image, got shape {a.shape}")
+    h, w = a.shape[:2]
+    if official_pad:
+        a, _, _ = pad_to_16x(a)
+    elif h % STRIDE or w % STRIDE:
+        raise ValueError(f"the official graph needs sides that are multiples of {STRIDE}, got {h}x{w}; "
+                         f"pass official_pad=True to pad as ModelScope's pipeline does")
+    p = next(model.parameters())
+    net = model if p.dtype == torch.float32 else copy.deepcopy(model).float()
+    x = torch.from_numpy(np.ascontiguousarray(a[:, :, ::-1], dtype=np.float32))  # BGR -> RGB
+    x = x.permute(2, 0, 1)[None].to(p.device, torch.float32)
+    with torch.no_grad():
+        x = x / 127.5 - 1.0
+        y = net.cartoon(x)
+        y = (y.clamp(-CLIP, CLIP) + 1.0) * 127.5
+        out = y.to(torch.uint8)  # truncation toward zero, as tf.cast
+    return out[0].permute(1, 2, 0).flip(-1)[:h, :w].cpu().numpy()
