@@ -401,6 +401,32 @@ def _cmd_export_onnx(a) -> int:
 
 VERBS.append(_add_export_onnx)
 
+
+def _add_import_modelscope(sub) -> None:
+    p = sub.add_parser("import-modelscope", help="import ModelScope's DCT-Net graphs (.pb) as checkpoints",
+                       description="Turn ModelScope's DCT-Net TF graphs into 'official' family checkpoints "
+                                   "(no TensorFlow needed). SOURCE: a ModelScope model folder (one "
+                                   "checkpoint per graph into the folder OUT: head, background), one "
+                                   ".pb file (OUT: the .safetensors path) or a model id (downloaded; "
+                                   "online only).")
+    p.add_argument("source", help="model folder, .pb file or ModelScope model id")
+    p.add_argument("-o", "--output", required=True, help="output folder (model folder/id) or .safetensors path (.pb)")
+    p.add_argument("--model-id", default=None, help="model id to record in the provenance (for a local folder)")
+    p.add_argument("--style", default=None, help="style to record (default: from configuration.json)")
+    p.set_defaults(func=_cmd_import_modelscope)
+
+
+def _cmd_import_modelscope(a) -> int:
+    from .tools.import_modelscope import import_modelscope
+
+    for item in import_modelscope(a.source, a.output, model_id=a.model_id, style=a.style):
+        print(f"wrote {item.path} ({item.config.describe()}, from {item.source_file}"
+              + (f", {item.role}" if item.role else "") + ")")
+    return EXIT_OK
+
+
+VERBS.append(_add_import_modelscope)
+
 #: Verbs whose arguments go unparsed to another CLI (LightningCLI): verb -> (module, function, help).
 PASSTHROUGH: Dict[str, tuple] = {
     "train": ("dctnet_lite.train.cli", "train_main",

@@ -73,6 +73,11 @@ class GraphImportError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # GraphDef reading
 # ---------------------------------------------------------------------------------------------
+def _first_line(e: BaseException) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return msg.replace("tensorboard.GraphDef", "tensorflow.GraphDef")
+
+
 def parse_graphdef(data: bytes, label: str = "graph"):
     """Bytes -> ``tensorflow.GraphDef`` message (tensorboard's copy of TF's protos)."""
     try:
@@ -89,7 +94,7 @@ def parse_graphdef(data: bytes, label: str = "graph"):
         gd.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as e:
         raise GraphImportError(f"{label} is not a readable TensorFlow GraphDef (truncated, or not a "
-                               f"protobuf file: {str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                               f"protobuf file: {_first_line(e)})") from None
     if not len(gd.node):
         raise GraphImportError(f"{label} parses as a protobuf but holds no graph nodes: not a "
                                f"TensorFlow GraphDef")
