@@ -131,6 +131,8 @@ class _Conv:
     weight: np.ndarray      #: HWIO as in the graph
     bias: np.ndarray
     stride: int
+    weight_node: str = ""
+    bias_node: str = ""
 
 
 class _Matcher:
@@ -196,8 +198,8 @@ class _Matcher:
         v = self.const(n, what)
         want = np.asarray(value, dtype=v.dtype)
         if v.size != 1 or v.reshape(()) != want:
-            raise self.error(f"node {n.name!r} is {v.reshape(-1)[:4].tolist()} where a DCT-Net "
-                             f"generator has {what} = {want.item()}")
+            got = ", ".join(f"{float(e):.7g}" for e in v.reshape(-1)[:4]) + (" ..." if v.size > 4 else "")
+            raise self.error(f"node {n.name!r} is [{got}] where a DCT-Net generator has {what} = {value:g}")
 
     def float_op(self, n, dtype: int = DT_FLOAT) -> None:
         if "T" in n.attr and n.attr["T"].type != dtype:
@@ -271,9 +273,7 @@ class _Matcher:
         if b.shape != (w.shape[3],):
             raise self.error(f"{bnode.name} has shape {list(b.shape)}, expected [{w.shape[3]}] ({what})")
         scope = wnode.name[: -len("/weights")] if wnode.name.endswith("/weights") else wnode.name
-        if bnode.name != scope + "/biases":
-            raise self.error(f"conv {scope!r} reads biases {bnode.name!r}, expected {scope + '/biases'!r}")
-        return x, _Conv(scope, w, b, stride)
+        return x, _Conv(scope, w, b, stride, wnode.name, bnode.name)
 
     def strided_slice(self, n, begin, end, strides, shrink: int, what: str):
         self.expect(n, "StridedSlice", what)
@@ -512,9 +512,10 @@ def read_graph(data: bytes, label: str = "graph") -> ParsedGraph:
 
     num_blocks = (len(convs) - 10) // 2
     for conv, want in zip(convs, _expected_scopes(num_blocks)):
-        if conv.scope != want:
-            raise m.error(f"conv weights {conv.scope + '/weights'!r} where a DCT-Net generator has "
-                          f"{want + '/weights'!r} (renamed node?)")
+        for got, expect in ((conv.weight_node, want + "/weights"), (conv.bias_node, want + "/biases")):
+            if got != expect:
+                raise m.error(f"conv {'weights' if expect.endswith('weights') else 'biases'} {got!r} where "
+                              f"a DCT-Net generator has {expect!r} (renamed node?)")
     config = _config_from_convs(m, convs, num_blocks)
     ops: Dict[str, int] = {}
     for n in gd.node:
@@ -706,15 +707,23 @@ def hub_host() -> Tuple[str, int]:
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the hub, bounded by ``timeout`` (name resolution included)."""
+    """Whether the hub answers HTTPS at all (any HTTP status counts), within ``timeout`` seconds
+    in all (name resolution included: the probe runs in a thread that is not waited for longer)."""
+    import urllib.error
+    import urllib.request
+
     host, port = hub_host()
     ok = []
 
     def probe():
         try:
             socket.create_connection((host, port), timeout=timeout).close()
+            req = urllib.request.Request(f"https://{host}:{port}/", method="HEAD")
+            urllib.request.urlopen(req, timeout=timeout).close()
             ok.append(True)
-        except OSError:
+        except urllib.error.HTTPError:  # it answered
+            ok.append(True)
+        except (OSError, ValueError):
             pass
 
     t = threading.Thread(target=probe, daemon=True)
