@@ -260,15 +260,20 @@ def box_filter(x: torch.Tensor, r: int = GF_RADIUS) -> torch.Tensor:
 
 
 def guided_filter(x: torch.Tensor, y: torch.Tensor, r: int = GF_RADIUS, eps: float = GF_EPS) -> torch.Tensor:
-    """ModelScope's ``guided_filter(x, y, r, eps)`` (loss.py), per channel, NCHW."""
+    """ModelScope's ``guided_filter(x, y, r, eps)`` (loss.py), per channel, NCHW.
+
+    The same arithmetic as the graph's; the box filters of one stage run as one depthwise conv
+    over the concatenated channels (a per-channel filter: identical values, fewer passes)."""
+    c = x.shape[1]
     n = box_filter(torch.ones_like(x[:, :1]), r)
-    mean_x = box_filter(x, r) / n
-    mean_y = box_filter(y, r) / n
-    cov_xy = box_filter(x * y, r) / n - mean_x * mean_y
-    var_x = box_filter(x * x, r) / n - mean_x * mean_x
+    means = box_filter(torch.cat([x, y, x * y, x * x], 1), r) / n
+    mean_x, mean_y, mean_xy, mean_xx = means.split(c, 1)
+    cov_xy = mean_xy - mean_x * mean_y
+    var_x = mean_xx - mean_x * mean_x
     a = cov_xy / (var_x + eps)
     b = mean_y - a * mean_x
-    return box_filter(a, r) / n * x + box_filter(b, r) / n
+    mean_ab = box_filter(torch.cat([a, b], 1), r) / n
+    return mean_ab[:, :c] * x + mean_ab[:, c:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +286,7 @@ class _ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(mid, channels, 3)
 
     def forward(self, x):
-        return x + conv_same(F.leaky_relu(conv_same(x, self.conv1), LEAKY_SLOPE), self.conv2)
+        return x + conv_same(F.leaky_relu(conv_same(x, self.conv1), LEAKY_SLOPE, inplace=True), self.conv2)
 
 
 #: (module name, TF scope) of every conv in graph order; block convs are inserted at "blocks"
@@ -333,7 +338,7 @@ class OfficialGenerator(nn.Module):
 
     def generator(self, x: torch.Tensor) -> torch.Tensor:
         """``unet_generator``: the raw output before the guided filter."""
-        act = lambda t: F.leaky_relu(t, LEAKY_SLOPE)  # noqa: E731
+        act = lambda t: F.leaky_relu(t, LEAKY_SLOPE, inplace=True)  # noqa: E731  (on fresh conv outputs)
         x0 = act(conv_same(x, self.conv_in))
         x1 = act(conv_same(act(conv_same(x0, self.enc1a)), self.enc1b))
         y = act(conv_same(act(conv_same(x1, self.enc2a)), self.enc2b))
