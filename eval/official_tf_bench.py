@@ -1,0 +1,172 @@
+"""Time the official DCT-Net generator graph under TensorFlow (CPU), the reference the
+imported PyTorch model is compared against.
+
+Runs in a TensorFlow virtual environment of its own (TensorFlow is never a dependency
+of dctnet_lite or of its test environment)::
+
+    python3 -m venv /tmp/tfvenv
+    /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 tf-slim==1.1.0 numpy==2.4.6
+    /tmp/tfvenv/bin/python eval/official_tf_bench.py --threads 2 \
+        --out eval/reports/official_tf/tf_cpu.json \
+        --save-graph /tmp/official_c32_n4.pb --save-io /tmp/official_c32_n4_io.npz
+
+(measured with tensorflow-cpu 2.21.0, tf-slim 1.1.0, numpy 2.4.6, protobuf 7.36.2,
+Python 3.11.7).
+
+It builds the generator from ModelScope's own code (``unet_generator`` and
+``guided_filter``, read as text from ModelScope's source folder and executed under
+TF1-compat shims, see tests/fixtures/official/make_fixtures.py) at the released
+configuration, channel=32 num_blocks=4 (random weights, seeded), frozen exactly as
+ModelScope's CartoonTranslationExporter does (``input_image`` float32 [H, W, 3] BGR
+0..255 -> ... -> ``output_image`` uint8). The frozen graph is imported into a fresh
+graph (as ImageCartoonPipeline loads it) and timed in a Session with the given
+intra/inter-op thread counts on square BGR inputs (default 512 and 1024 px): warm-up
+runs, then the median and p90 of N timed ``sess.run`` calls (feed to uint8 fetch).
+
+``--save-graph FILE.pb`` writes that c=32, n=4 frozen graph (about 6 MB; do not commit
+it) for the PyTorch side to import and time on the same weights; ``--save-io FILE.npz``
+saves one 512 px input (``input``, float32 HxWx3 BGR) and TF's output (``output``,
+uint8) on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "fixtures", "official"))
+import make_fixtures as mf  # noqa: E402  (builder shared with the fixtures)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def test_image(size: int, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic BGR float32 image, integer-valued 0..255."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    img = np.stack([150 + 80 * xx, 120 + 60 * yy, 90 + 50 * (1 - xx)], -1)
+    face = ((yy - 0.45) / 0.3) ** 2 + ((xx - 0.5) / 0.22) ** 2 < 1.0
+    img[face] = (120, 160, 215)
+    img = img + rng.normal(0, 3, img.shape) + 10 * np.sin(40 * xx + 25 * yy)[..., None]
+    return np.clip(np.round(img), 0, 255).astype(np.float32)
+
+
+def time_graph(tf, graph_def, sizes, threads, inter, warmup, runs):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(graph_def, name="")
+    config = tf.ConfigProto(intra_op_parallelism_threads=threads,
+                            inter_op_parallelism_threads=inter)
+    results = {}
+    with tf.Session(graph=graph, config=config) as sess:
+        t_in = graph.get_tensor_by_name("input_image:0")
+        t_out = graph.get_tensor_by_name("output_image:0")
+        for size in sizes:
+            x = test_image(size)
+            for _ in range(warmup):
+                sess.run(t_out, feed_dict={t_in: x})
+            ms = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sess.run(t_out, feed_dict={t_in: x})
+                ms.append((time.perf_counter() - t0) * 1000.0)
+            results[str(size)] = {
+                "median_ms": round(float(np.median(ms)), 2),
+                "p90_ms": round(float(np.percentile(ms, 90)), 2),
+                "min_ms": round(float(np.min(ms)), 2),
+                "runs": runs, "warmup": warmup, "input": [size, size, 3]}
+            print("%4d px: median %.1f ms, p90 %.1f ms (%d runs, %d/%d threads)" % (
+                size, results[str(size)]["median_ms"], results[str(size)]["p90_ms"], runs,
+                threads, inter))
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modelscope", metavar="DIR", default=None,
+                    help="ModelScope's package folder (default: $MODELSCOPE_SRC or located "
+                         "with the python3 on PATH)")
+    ap.add_argument("--threads", type=int, default=2, help="intra- and inter-op threads")
+    ap.add_argument("--inter-threads", type=int, default=None,
+                    help="inter-op threads if different from --threads")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--channel", type=int, default=32)
+    ap.add_argument("--num-blocks", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--save-graph", metavar="FILE.pb", help="write the frozen graph")
+    ap.add_argument("--save-io", metavar="FILE.npz",
+                    help="save one 512 px input and TF's uint8 output on it")
+    args = ap.parse_args(argv)
+
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    tf, slim, tf2 = mf.load_tf()
+    ms, _ = mf.load_modelscope_code(mf.find_modelscope(args.modelscope), tf, slim)
+    gd, _ = mf.build_frozen(tf, ms, args.channel, args.num_blocks, args.seed)
+    raw = gd.SerializeToString(deterministic=True)
+    n_params = 0
+    for n in gd.node:
+        if n.op == "Const" and n.name.endswith(("/weights", "/biases")):
+            n_params += int(np.prod([d.size for d in n.attr["value"].tensor.tensor_shape.dim]))
+    if args.save_graph:
+        with open(args.save_graph, "wb") as f:
+            f.write(raw)
+        print("wrote %s (%d bytes)" % (args.save_graph, len(raw)))
+    if args.save_io:
+        x = test_image(512, seed=1)
+        y = mf.run_graph(tf, gd, [x], threads=args.threads)[0]
+        np.savez_compressed(args.save_io, input=x, output=y)
+        print("wrote %s" % args.save_io)
+
+    inter = args.inter_threads if args.inter_threads is not None else args.threads
+    results = time_graph(tf, gd, args.sizes, args.threads, inter, args.warmup, args.runs)
+
+    import importlib.metadata as md
+    report = {
+        "what": "official DCT-Net generator graph (ModelScope unet_generator + guided_filter, "
+                "frozen as CartoonTranslationExporter), random weights, under TensorFlow",
+        "command": "python eval/official_tf_bench.py " + " ".join(
+            a for a in (argv if argv is not None else sys.argv[1:])),
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                    "loadavg_before": load_before,
+                    "platform": platform.platform(), "python": platform.python_version()},
+        "tensorflow": tf2.__version__, "tf_slim": md.version("tf-slim"),
+        "numpy": np.__version__,
+        "threads": {"intra_op": args.threads, "inter_op": inter},
+        "model": {"channel": args.channel, "num_blocks": args.num_blocks, "seed": args.seed,
+                  "parameters": n_params, "graph_bytes": len(raw),
+                  "graph_sha256": hashlib.sha256(raw).hexdigest(), "nodes": len(gd.node)},
+        "input": "square BGR float32 HxWx3 0..255 fed to input_image:0, fetch output_image:0 "
+                 "(uint8); one Session, warm-up then timed sess.run calls",
+        "sizes": results,
+    }
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+        print("wrote %s" % args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
