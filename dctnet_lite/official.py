@@ -229,25 +229,80 @@ def conv_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     pw = same_pads(w, k, s) if w is not None else same_pads(2, k, s)
     if s == 1 and ph[0] == ph[1] == pw[0] == pw[1]:
         # symmetric: the convolution's own zero padding is the same arithmetic, without a copy
+        if conv.out_channels <= 4 and k == conv.kernel_size[1] == 2 * ph[0] + 1 >= 5 \
+                and conv.bias is not None and _cpu_fast(x):
+            return _conv_few_out(x, conv)
         return F.conv2d(x, conv.weight, conv.bias, 1, ph[0])
     return conv(F.pad(x, (pw[0], pw[1], ph[0], ph[1])))
 
 
-def upsample2x_legacy(x: torch.Tensor) -> torch.Tensor:
-    """TF1 ``resize_bilinear(x, 2 * size)`` (align_corners=False, half_pixel_centers=False).
+def _eager(x: torch.Tensor) -> bool:
+    """Not being traced or scripted (export): the fast eager paths below may run; an export
+    records the plain formulation (the same function)."""
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def _cpu_fast(x: torch.Tensor) -> bool:
+    """The CPU forward path: channels_last activations and the few-output 7x7 conv below."""
+    return x.device.type == "cpu" and _eager(x)
+
+
+def upsample2x_legacy(x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """TF1 ``resize_bilinear(x, 2 * size)`` (align_corners=False, half_pixel_centers=False),
+    plus ``skip`` when given (the decoder's additive skip, fused into the same buffer).
 
     ``src = dst * in / out = dst / 2``: even outputs copy input ``i``, odd ones are
-    ``a + (b - a) * 0.5`` with ``b`` the next input clamped at the last one; TF lerps along the
-    width first, then the height, in that formula."""
-    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
-        nxt = torch.cat([t.narrow(dim, 1, t.shape[dim] - 1), t.narrow(dim, t.shape[dim] - 1, 1)], dim)
-        odd = t + (nxt - t) * 0.5
-        y = torch.stack([t, odd], dim=dim + 1)
-        shape = list(t.shape)
-        shape[dim] = -1
-        return y.reshape(shape)
+    ``a + (b - a) * 0.5`` with ``b`` the next input clamped at the last one (so ``a`` itself);
+    TF lerps along the width first, then the height, in that formula. In eager mode the result
+    is written channels_last (NHWC) into one buffer: the same arithmetic, without the stack and
+    reshape copies."""
+    if not _eager(x) or x.shape[-1] < 2 or x.shape[-2] < 2:
+        def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+            nxt = torch.cat([t.narrow(dim, 1, t.shape[dim] - 1), t.narrow(dim, t.shape[dim] - 1, 1)], dim)
+            odd = t + (nxt - t) * 0.5
+            y = torch.stack([t, odd], dim=dim + 1)
+            shape = list(t.shape)
+            shape[dim] = -1
+            return y.reshape(shape)
 
-    return along(along(x, 3), 2)
+        y = along(along(x, 3), 2)
+        return y if skip is None else y + skip
+    n, c, h, w = x.shape
+    t = x.permute(0, 2, 3, 1)                                            # NHWC view
+    out = torch.empty((n, 2 * h, 2 * w, c), dtype=x.dtype, device=x.device)
+    o = out.view(n, h, 2, w, 2, c)
+    rows = o[:, :, 0]                                                    # even rows: (n, h, w, 2, c)
+    rows[:, :, :, 0].copy_(t)                                            # even columns: a
+    odd = rows[:, :, :-1, 1]
+    torch.sub(t[:, :, 1:], t[:, :, :-1], out=odd)                        # (b - a)
+    odd.mul_(0.5).add_(t[:, :, :-1])                                     # a + (b - a) * 0.5
+    rows[:, :, -1, 1].copy_(t[:, :, -1])                                 # clamped: a
+    r = o[:, :, 0]                                                       # width-lerped rows
+    odd_rows = o[:, :-1, 1]
+    torch.sub(r[:, 1:], r[:, :-1], out=odd_rows)
+    odd_rows.mul_(0.5).add_(r[:, :-1])
+    o[:, -1, 1].copy_(r[:, -1])
+    y = out.permute(0, 3, 1, 2)                                          # (n, c, 2h, 2w), channels_last
+    if skip is not None:
+        y.add_(skip)
+    return y
+
+
+def _conv_few_out(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A stride-1 k x k 'SAME' conv with few output channels (the 7x7 to RGB), the same sum in
+    another order: one (1 x k) conv to ``out * k`` channels (one per output channel and kernel
+    row, zero rows above and below from the conv's own padding), then the k rows shifted and
+    added. oneDNN vectorises over output channels; 3 of them waste most of each vector."""
+    k = conv.kernel_size[0]
+    p = k // 2
+    oc, ic = conv.weight.shape[:2]
+    h = x.shape[-2]
+    w1 = conv.weight.permute(0, 2, 1, 3).reshape(oc * k, ic, 1, k)      # [c * k + ky, ci, 1, kx]
+    z = F.conv2d(x, w1, None, 1, (p, p)).unflatten(1, (oc, k))          # (n, oc, k, h + 2p, w)
+    out = z[:, :, 0, 0:h] + conv.bias.view(1, oc, 1, 1)
+    for ky in range(1, k):
+        out.add_(z[:, :, ky, ky:ky + h])
+    return out
 
 
 def box_filter(x: torch.Tensor, r: int = GF_RADIUS) -> torch.Tensor:
@@ -345,18 +400,25 @@ class OfficialGenerator(nn.Module):
         for block in self.blocks:
             y = block(y)
         y = act(conv_same(y, self.dec2))
-        y = act(conv_same(upsample2x_legacy(y) + x1, self.dec1a))
+        y = act(conv_same(upsample2x_legacy(y, x1), self.dec1a))
         y = act(conv_same(y, self.dec1b))
-        y = act(conv_same(upsample2x_legacy(y) + x0, self.dec0))
+        y = act(conv_same(upsample2x_legacy(y, x0), self.dec0))
         return conv_same(y, self.conv_out)
 
     def cartoon(self, x: torch.Tensor) -> torch.Tensor:
-        """The graph's function: ``guided_filter(x, generator(x), r=1, eps=1e-2)``, unclamped."""
+        """The graph's function: ``guided_filter(x, generator(x), r=1, eps=1e-2)``, unclamped.
+
+        On CPU it runs channels_last (oneDNN's fastest layout for these convs, measured in
+        eval/reports/official_tf/); the result is channels_last then, the same values."""
+        if _cpu_fast(x) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return guided_filter(x, self.generator(x))
 
     def forward_padded(self, x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 3, H, W) in [-1, 1], H and W multiples of :attr:`stride`; ``strength`` a
         (B, 1, 1, 1) tensor of ``x``'s dtype -> ``(1 - s) * x + s * clamp(cartoon, -1, 1)``."""
+        if _cpu_fast(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         y = self.cartoon(x).clamp(-1.0, 1.0)
         return (1.0 - strength) * x + strength * y
 
