@@ -1,0 +1,173 @@
+"""The official DCT-Net generator, ours against TensorFlow, side by side in one run.
+
+    python3 eval/official_vs_tf.py --threads 2 --sizes 512 1024
+
+1. Runs eval/official_tf_bench.py under the TensorFlow venv's python (``--tf-python``, default
+   /tmp/tfvenv/bin/python) as a subprocess: it builds ModelScope's own generator at c=32, n=4
+   with seeded random weights, freezes it as CartoonTranslationExporter does, saves the graph
+   (``--graph``) and one 512 px input/output pair, and times ``sess.run`` (BGR float feed ->
+   uint8 fetch) with ``--threads`` intra- and inter-op threads.
+2. Imports that very graph with :func:`dctnet_lite.tools.import_modelscope.import_modelscope`
+   and times it through ``dctnet_lite.Cartoonizer(checkpoint, device="cpu")`` (the library's
+   default CPU path: fp32, pre- and post-processing included, uint8 HxWx3 in and out) on the
+   same images with ``torch.set_num_threads(--threads)``: warm-up, then the median of N.
+3. Checks the imported model's uint8 output against TF's on the saved input (official_uint8).
+
+Without the TF python it says so and times ours only (on the saved graph when ``--graph``
+exists, else on a randomly initialised c=32 n=4 generator). Writes ``official_vs_tf.json`` and
+``official_vs_tf.md`` under ``--out-dir`` (default eval/reports/official_tf/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import dctnet_lite  # noqa: E402
+from dctnet_lite.official import OfficialGenerator, official_uint8  # noqa: E402
+from dctnet_lite.tools.import_modelscope import import_modelscope  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def test_image(size: int, seed: int = 0) -> np.ndarray:
+    """eval/official_tf_bench.py's synthetic BGR float32 image (integer-valued 0..255)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    img = np.stack([150 + 80 * xx, 120 + 60 * yy, 90 + 50 * (1 - xx)], -1)
+    face = ((yy - 0.45) / 0.3) ** 2 + ((xx - 0.5) / 0.22) ** 2 < 1.0
+    img[face] = (120, 160, 215)
+    img = img + rng.normal(0, 3, img.shape) + 10 * np.sin(40 * xx + 25 * yy)[..., None]
+    return np.clip(np.round(img), 0, 255).astype(np.float32)
+
+
+def run_tf(args, tmp: Path):
+    tf_json, io = tmp / "tf.json", tmp / "io.npz"
+    cmd = [args.tf_python, str(REPO / "eval" / "official_tf_bench.py"), "--threads", str(args.threads),
+           "--sizes", *map(str, args.sizes), "--warmup", str(args.warmup), "--runs", str(args.runs),
+           "--save-graph", str(args.graph), "--save-io", str(io), "--out", str(tf_json)]
+    print("TF:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads(tf_json.read_text()), np.load(io)
+
+
+def time_ours(model, sizes, threads, warmup, runs):
+    torch.set_num_threads(threads)
+    cz = dctnet_lite.Cartoonizer(model, device="cpu")
+    out = {}
+    for size in sizes:
+        rgb = np.ascontiguousarray(test_image(size)[:, :, ::-1]).astype(np.uint8)
+        for _ in range(warmup):
+            cz(rgb)
+        ms = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            y = cz(rgb)
+            ms.append((time.perf_counter() - t0) * 1000.0)
+        assert y.shape == rgb.shape and y.dtype == np.uint8
+        out[str(size)] = {"median_ms": round(float(np.median(ms)), 2),
+                          "p90_ms": round(float(np.percentile(ms, 90)), 2),
+                          "min_ms": round(float(np.min(ms)), 2), "runs": runs, "warmup": warmup}
+        print("ours %4d px: median %.1f ms (min %.1f, %d runs, %d threads)" % (
+            size, out[str(size)]["median_ms"], out[str(size)]["min_ms"], runs, threads), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tf-python", default="/tmp/tfvenv/bin/python")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--graph", type=Path, default=Path("/tmp/official_c32_n4.pb"),
+                    help="where the TF side saves the frozen c32 n4 graph (not committed)")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "eval" / "reports" / "official_tf")
+    args = ap.parse_args(argv)
+
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    tf_report, io, parity = None, None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if Path(args.tf_python).is_file():
+            tf_report, io = run_tf(args, tmp)
+        else:
+            print(f"no TensorFlow python at {args.tf_python}: timing ours only", flush=True)
+        if args.graph.is_file():
+            ckpt = tmp / "official_c32_n4.safetensors"
+            written = import_modelscope(args.graph, ckpt)
+            model = dctnet_lite.checkpoint.load(written[0].path)
+            weights = f"imported from {args.graph}"
+        else:
+            torch.manual_seed(0)
+            model = OfficialGenerator().eval()
+            weights = "random (no graph to import)"
+    if io is not None:
+        torch.set_num_threads(args.threads)
+        ours = official_uint8(model, io["input"])
+        d = np.abs(ours.astype(np.int16) - io["output"].astype(np.int16))
+        parity = {"size": list(io["input"].shape[:2]), "max_levels": int(d.max()),
+                  "mean_levels": float(d.mean())}
+        print("parity vs TF (uint8, 512 px): max %d, mean %.2g" % (parity["max_levels"], parity["mean_levels"]))
+
+    ours_t = time_ours(model, args.sizes, args.threads, args.warmup, args.runs)
+    rows = []
+    for s in map(str, args.sizes):
+        tf_ms = tf_report["sizes"][s]["median_ms"] if tf_report else None
+        o = ours_t[s]["median_ms"]
+        rows.append({"size": int(s), "tf_median_ms": tf_ms, "ours_median_ms": o,
+                     "tf_over_ours": round(tf_ms / o, 3) if tf_ms else None})
+    report = {
+        "what": "official DCT-Net generator c32 n4, the same frozen graph under TensorFlow "
+                "(sess.run, BGR float feed -> uint8 fetch) and imported into dctnet_lite "
+                "(Cartoonizer(model, device='cpu'), uint8 RGB in -> uint8 out)",
+        "command": "python3 eval/official_vs_tf.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "loadavg_before": load_before,
+                    "platform": platform.platform(), "python": platform.python_version()},
+        "threads": args.threads, "torch": torch.__version__,
+        "tensorflow": tf_report["tensorflow"] if tf_report else None,
+        "weights": weights, "parity_512": parity, "rows": rows,
+        "tf": tf_report["sizes"] if tf_report else None, "ours": ours_t,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "official_vs_tf.json").write_text(json.dumps(report, indent=1) + "\n")
+    md = ["# Official DCT-Net c32 n4: dctnet_lite vs TensorFlow (CPU)", "",
+          f"Machine: {report['machine']['cpu']}, {os.cpu_count()} cores, load before {load_before}; "
+          f"{args.threads} threads each (TF: intra = inter = {args.threads}; torch.set_num_threads). "
+          f"torch {torch.__version__}, TensorFlow {report['tensorflow'] or 'not run'}. "
+          f"Median of {args.runs} after {args.warmup} warm-up runs.", "",
+          "| size | TF median (ms) | ours median (ms) | TF / ours |", "|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['size']} px | {r['tf_median_ms'] if r['tf_median_ms'] else '-'} | "
+                  f"{r['ours_median_ms']} | {r['tf_over_ours'] if r['tf_over_ours'] else '-'} |")
+    if parity:
+        md += ["", f"Parity on TF's saved 512 px input (official_uint8 vs TF uint8): max "
+                   f"{parity['max_levels']} level, mean {parity['mean_levels']:.2g}."]
+    md += ["", f"Command: `{report['command']}`", ""]
+    (args.out_dir / "official_vs_tf.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
