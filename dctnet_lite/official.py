@@ -41,11 +41,8 @@ Conventions (the library's, so every tool treats this family like the other one)
 from __future__ import annotations
 
 import copy
-import ctypes
 import dataclasses
 import json
-import os
-import sys
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -250,35 +247,6 @@ def _cpu_fast(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and _eager(x)
 
 
-_HEAP = {"done": False}
-KEEP_HEAP_ENV = "DCTNET_LITE_KEEP_HEAP"   #: "0" leaves the C library's allocator as it is
-
-
-def _keep_cpu_heap() -> None:
-    """Once per process, on the first CPU forward (glibc only): keep freed memory in the heap.
-
-    glibc serves every block above 32 MB (a 32-channel 512 px activation and all of 1024 px)
-    with a fresh ``mmap`` and unmaps it when freed, so each forward page-faults its whole working
-    set in again (about 0.4 GB at 512 px, 2 GB at 1024 px: a third of the wall time at 1024 px,
-    measured in eval/reports/official_tf/). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``
-    makes the heap keep and reuse those blocks, as TensorFlow's and PyTorch's CUDA allocators
-    do: the process keeps its peak working set resident. ``DCTNET_LITE_KEEP_HEAP=0`` opts out."""
-    if _HEAP["done"]:
-        return
-    _HEAP["done"] = True
-    if os.environ.get(KEEP_HEAP_ENV, "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc, not musl (whose mallopt does nothing)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, 1 << 30)
-
-
 def upsample2x_legacy(x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
     """TF1 ``resize_bilinear(x, 2 * size)`` (align_corners=False, half_pixel_centers=False),
     plus ``skip`` when given (the decoder's additive skip, fused into the same buffer).
@@ -443,7 +411,6 @@ class OfficialGenerator(nn.Module):
         On CPU it runs channels_last (oneDNN's fastest layout for these convs, measured in
         eval/reports/official_tf/); the result is channels_last then, the same values."""
         if _cpu_fast(x) and x.dim() == 4:
-            _keep_cpu_heap()
             x = x.contiguous(memory_format=torch.channels_last)
         return guided_filter(x, self.generator(x))
 
