@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             ckpt = tmp / "official_c32_n4.safetensors"
             written = import_modelscope(args.graph, ckpt)
             model = dctnet_lite.checkpoint.load(written[0].path)
-            weights = f"imported from {args.graph}"
+            weights = f"imported from {args.graph.name}"
         else:
             torch.manual_seed(0)
             model = OfficialGenerator().eval()
