@@ -19,7 +19,7 @@ from dctnet_lite.cli import main
 from dctnet_lite.official import OfficialConfig, OfficialGenerator, official_uint8
 from dctnet_lite.registry import create_model, family_of, get_arch
 from dctnet_lite.tools import import_modelscope as im
-from dctnet_lite.tools.import_modelscope import GraphImportError, import_modelscope, read_graph
+from dctnet_lite.tools.import_modelscope import GraphImportError, import_modelscope
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -121,7 +121,7 @@ def test_an_overlay_alone_or_before_its_base_is_refused_and_old_recipe_files_say
     assert overlay_bases(over) == ["base.yaml"] and overlay_bases(base) == []
     check_config_files(["--config", str(base), "--config", str(over), "--a", "3"])  # fine
     for argv in (["--config", str(over)], ["--config", str(over), "--config", str(base)]):
-        with pytest.raises(ValueError, match=f"over.yaml is an overlay of base.yaml: give --config .*base.yaml before it"):
+        with pytest.raises(ValueError, match="over.yaml is an overlay of base.yaml: give --config .*base.yaml before it"):
             check_config_files(argv)
     with pytest.raises(FileNotFoundError, match=r"prune/w48.yaml \(.*--config prune/uniform.yaml --width 48\)"):
         check_config_files(["--config", "prune/w48.yaml"])

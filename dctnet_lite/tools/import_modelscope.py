@@ -34,7 +34,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -172,11 +172,11 @@ class _Matcher:
                              f"generator's has {count}")
         out = []
         for s in n.input:
-            m, user = self.get(s, n.name), n.name
+            m = self.get(s, n.name)
             while m.op == "Identity":
                 if len(m.input) != 1:
                     raise self.error(f"Identity node {m.name!r} has {len(m.input)} inputs")
-                m, user = self.get(m.input[0], m.name), m.name
+                m = self.get(m.input[0], m.name)
             out.append(m)
         return out
 
