@@ -195,7 +195,7 @@ def load_state(path: PathLike, expected: Optional[Any] = None) -> Tuple[Dict[str
     if not info.sha256 or payload_digest(tensors) != info.sha256:
         raise CheckpointError(f"{path} failed its integrity check: the tensors do not match the "
                               f"sha256 in its metadata (tampered with or damaged)")
-    info.weights = registry.weights_by_sha256(hashlib.sha256(data).hexdigest())
+    info.weights = registry.weights_by_sha256(file_sha256(path, data))
     if expected is not None:
         problem = _mismatch(info, registry.family_of(expected).name, expected, path)
         if problem:
@@ -284,17 +284,21 @@ def checkpoint_dirs() -> List[Path]:
 _SHA_CACHE: Dict[Tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: PathLike) -> str:
-    """sha256 of a file, streamed; remembered per (path, size, mtime) within the process."""
+def file_sha256(path: PathLike, data: Optional[bytes] = None) -> str:
+    """sha256 of a file (streamed, or of ``data`` when its bytes are already read); remembered per
+    (path, size, mtime) within the process, so resolving a name and loading it hash it once."""
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        if data is not None and len(data) == st.st_size:
+            _SHA_CACHE[key] = hashlib.sha256(data).hexdigest()
+        else:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _SHA_CACHE[key] = h.hexdigest()
     return _SHA_CACHE[key]
 
 

@@ -4,11 +4,11 @@ imported PyTorch model is compared against.
 Runs in a TensorFlow virtual environment of its own (TensorFlow is never a dependency
 of dctnet_lite or of its test environment)::
 
-    python3 -m venv /tmp/tfvenv
-    /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 tf-slim==1.1.0 numpy==2.4.6
-    /tmp/tfvenv/bin/python eval/official_tf_bench.py --threads 2 \
+    python3 -m venv "$TFVENV"      # any folder outside the checkout, e.g. TFVENV=~/tfvenv
+    "$TFVENV"/bin/pip install tensorflow-cpu==2.21.0 tf-slim==1.1.0 numpy==2.4.6
+    "$TFVENV"/bin/python eval/official_tf_bench.py --threads 2 \
         --out eval/reports/official_tf/tf_cpu.json \
-        --save-graph /tmp/official_c32_n4.pb --save-io /tmp/official_c32_n4_io.npz
+        --save-graph official_c32_n4.pb --save-io official_c32_n4_io.npz
 
 (measured with tensorflow-cpu 2.21.0, tf-slim 1.1.0, numpy 2.4.6, protobuf 7.36.2,
 Python 3.11.7).
@@ -44,28 +44,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "fixtures", "official"))
 import make_fixtures as mf  # noqa: E402  (builder shared with the fixtures)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def test_image(size: int, seed: int = 0) -> np.ndarray:
-    """A smooth synthetic BGR float32 image, integer-valued 0..255."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
-    img = np.stack([150 + 80 * xx, 120 + 60 * yy, 90 + 50 * (1 - xx)], -1)
-    face = ((yy - 0.45) / 0.3) ** 2 + ((xx - 0.5) / 0.22) ** 2 < 1.0
-    img[face] = (120, 160, 215)
-    img = img + rng.normal(0, 3, img.shape) + 10 * np.sin(40 * xx + 25 * yy)[..., None]
-    return np.clip(np.round(img), 0, 255).astype(np.float32)
+from official_common import bench_image, cpu_model  # noqa: E402
 
 
 def time_graph(tf, graph_def, sizes, threads, inter, warmup, runs):
@@ -79,7 +58,7 @@ def time_graph(tf, graph_def, sizes, threads, inter, warmup, runs):
         t_in = graph.get_tensor_by_name("input_image:0")
         t_out = graph.get_tensor_by_name("output_image:0")
         for size in sizes:
-            x = test_image(size)
+            x = bench_image(size)
             for _ in range(warmup):
                 sess.run(t_out, feed_dict={t_in: x})
             ms = []
@@ -132,7 +111,7 @@ def main(argv=None) -> int:
             f.write(raw)
         print("wrote %s (%d bytes)" % (args.save_graph, len(raw)))
     if args.save_io:
-        x = test_image(512, seed=1)
+        x = bench_image(512, seed=1)
         y = mf.run_graph(tf, gd, [x], threads=args.threads)[0]
         np.savez_compressed(args.save_io, input=x, output=y)
         print("wrote %s" % args.save_io)

@@ -3,7 +3,7 @@
     python3 eval/official_vs_tf.py --threads 2 --sizes 512 1024
 
 1. Runs eval/official_tf_bench.py under the TensorFlow venv's python (``--tf-python``, default
-   /tmp/tfvenv/bin/python) as a subprocess: it builds ModelScope's own generator at c=32, n=4
+   ``$TF_PYTHON``, e.g. ``"$TFVENV"/bin/python``: see eval/official_tf_bench.py) as a subprocess: it builds ModelScope's own generator at c=32, n=4
    with seeded random weights, freezes it as CartoonTranslationExporter does, saves the graph
    (``--graph``) and one 512 px input/output pair, and times ``sess.run`` (BGR float feed ->
    uint8 fetch) with ``--threads`` intra- and inter-op threads.
@@ -38,27 +38,8 @@ import dctnet_lite  # noqa: E402
 from dctnet_lite.official import OfficialGenerator, official_uint8  # noqa: E402
 from dctnet_lite.tools.import_modelscope import import_modelscope  # noqa: E402
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def test_image(size: int, seed: int = 0) -> np.ndarray:
-    """eval/official_tf_bench.py's synthetic BGR float32 image (integer-valued 0..255)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
-    img = np.stack([150 + 80 * xx, 120 + 60 * yy, 90 + 50 * (1 - xx)], -1)
-    face = ((yy - 0.45) / 0.3) ** 2 + ((xx - 0.5) / 0.22) ** 2 < 1.0
-    img[face] = (120, 160, 215)
-    img = img + rng.normal(0, 3, img.shape) + 10 * np.sin(40 * xx + 25 * yy)[..., None]
-    return np.clip(np.round(img), 0, 255).astype(np.float32)
+sys.path.insert(0, str(REPO / "eval"))
+from official_common import bench_image, cpu_model  # noqa: E402
 
 
 def run_tf(args, tmp: Path):
@@ -76,7 +57,7 @@ def time_ours(model, sizes, threads, warmup, runs):
     cz = dctnet_lite.Cartoonizer(model, device="cpu")
     out = {}
     for size in sizes:
-        rgb = np.ascontiguousarray(test_image(size)[:, :, ::-1]).astype(np.uint8)
+        rgb = np.ascontiguousarray(bench_image(size)[:, :, ::-1]).astype(np.uint8)
         for _ in range(warmup):
             cz(rgb)
         ms = []
@@ -95,13 +76,15 @@ def time_ours(model, sizes, threads, warmup, runs):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tf-python", default="/tmp/tfvenv/bin/python")
+    ap.add_argument("--tf-python", default=os.environ.get("TF_PYTHON"),
+                    help="the TensorFlow venv's python (default $TF_PYTHON; without it, ours only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--graph", type=Path, default=Path("/tmp/official_c32_n4.pb"),
-                    help="where the TF side saves the frozen c32 n4 graph (not committed)")
+    ap.add_argument("--graph", type=Path, default=None,
+                    help="where the TF side saves the frozen c32 n4 graph (not committed; default: a "
+                         "temporary folder); without TF, an existing graph to time ours on")
     ap.add_argument("--out-dir", type=Path, default=REPO / "eval" / "reports" / "official_tf")
     args = ap.parse_args(argv)
 
@@ -109,7 +92,9 @@ def main(argv=None) -> int:
     tf_report, io, parity = None, None, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if Path(args.tf_python).is_file():
+        if args.graph is None:
+            args.graph = tmp / "official_c32_n4.pb"
+        if args.tf_python and Path(args.tf_python).is_file():
             tf_report, io = run_tf(args, tmp)
         else:
             print(f"no TensorFlow python at {args.tf_python}: timing ours only", flush=True)

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models, checkpoints and generated images (no ../shared needed)."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,9 @@ import torch
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Absolute paths that belong to one machine (home folders, a checkout, temp folders, mounts):
+#: what no tracked file and no stored report may hold.
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|mnt|tmp)/[\w.-]+")
 
 
 def portrait_like(h: int, w: int, seed: int = 0) -> np.ndarray:
