@@ -40,6 +40,7 @@ Conventions (the library's, so every tool treats this family like the other one)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -224,6 +225,10 @@ def _side(n) -> Optional[int]:
 def conv_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv`` (built with padding 0) with TF 'SAME' zero padding computed from the input size."""
     k, s = conv.kernel_size[0], conv.stride[0]
+    if _PLAIN:
+        h, w = x.shape[-2], x.shape[-1]
+        ph, pw = same_pads(h, k, s), same_pads(w, k, s)
+        return conv(F.pad(x, (pw[0], pw[1], ph[0], ph[1])))
     h, w = _side(x.shape[-2]), _side(x.shape[-1])
     ph = same_pads(h, k, s) if h is not None else same_pads(2, k, s)
     pw = same_pads(w, k, s) if w is not None else same_pads(2, k, s)
@@ -236,10 +241,26 @@ def conv_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return conv(F.pad(x, (pw[0], pw[1], ph[0], ph[1])))
 
 
+_PLAIN = False
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Run the generator with its plain formulation only: every conv through its module's own
+    ``forward`` (so forward hooks see it: torch-pruning's DependencyGraph, MACs counters) and no
+    fused eager paths. The same function, slower."""
+    global _PLAIN
+    before, _PLAIN = _PLAIN, True
+    try:
+        yield
+    finally:
+        _PLAIN = before
+
+
 def _eager(x: torch.Tensor) -> bool:
-    """Not being traced or scripted (export): the fast eager paths below may run; an export
-    records the plain formulation (the same function)."""
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting())
+    """Not being traced or scripted (export) nor under :func:`plain_ops`: the fast eager paths
+    below may run; an export records the plain formulation (the same function)."""
+    return not (_PLAIN or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
 def _cpu_fast(x: torch.Tensor) -> bool:
