@@ -320,8 +320,14 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
             (``None``: skip it).
         interval_method: ``"bootstrap"`` (default) or ``"t"``; see :func:`summarize`.
 
+    Checkpoints and a reference checkpoint may be of any family (``dctnet``, ``official``): each
+    runs through its :class:`~dctnet_lite.inference.Cartoonizer` (the official generator's
+    strength is its output blend, its stride 4).
+
     Returns a JSON-serialisable dict: ``results`` has one row per (checkpoint, size, strength)
-    with ``metrics[m] = {"mean", "std", "lo", "hi", "n"}`` (+ ``per_image`` values).
+    with ``family``, ``arch`` (described), ``width`` (the dctnet base width; ``None`` for other
+    families, as in the bench rows) and ``metrics[m] = {"mean", "std", "lo", "hi", "n"}``
+    (+ ``per_image`` values).
     """
 
     t_start = time.perf_counter()
@@ -409,8 +415,9 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
                         summ["per_image"] = vals
                     row_metrics[name] = summ
                 results.append({
-                    "checkpoint": m["name"], "path": str(m["path"]), "arch": arch.describe(),
-                    "width": getattr(arch, "base_width", None), "reference": m["ref"].label,
+                    "checkpoint": m["name"], "path": str(m["path"]), "family": m["info"].family,
+                    "arch": arch.describe(), "width": getattr(arch, "base_width", None),
+                    "reference": m["ref"].label,
                     "reference_kind": m["ref"].kind, "is_reference": m["is_reference"],
                     "strength": s, "size": size,
                     "n": len(per[(i, size, s)][metrics[0]]), "metrics": row_metrics})

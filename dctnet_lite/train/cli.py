@@ -27,7 +27,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..tools.recipes import check_config_files
+from ..checkpoint import CheckpointError
+from ..tools.recipes import check_config_files, one_line
 from .datamodule import PhotoDataModule
 from .module import CartoonModule
 
@@ -110,9 +111,13 @@ def train_main(argv: Optional[List[str]] = None) -> int:
         cli = TrainCLI(CartoonModule, PhotoDataModule, run=False, seed_everything_default=0,
                        auto_configure_optimizers=False, args=argv,
                        parser_kwargs={"prog": "dctnet-lite train",
-                                      "description": "Train a DCTNet with a LightningCLI recipe (finetune/*.yaml)."})
+                                      "description": "Train a network of any family (dctnet, official) with a LightningCLI "
+                                                      "recipe (finetune/*.yaml)."})
     except SystemExit as e:  # --help, parse errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except (ValueError, CheckpointError) as e:  # the recipe builds no module (a contradiction, a bad checkpoint)
+        print(f"dctnet-lite train: error: {one_line(e)}", file=sys.stderr)
+        return 2
     recipe = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     recipe["config_files"] = [str(getattr(p, "relative", p)) for p in cli.config.get("config") or []]
     cli.model.recipe = recipe

@@ -1,7 +1,8 @@
-"""Distillation: a frozen DCTNet teacher (width 64) into a smaller, usually pruned, student.
+"""Distillation: a frozen teacher into a smaller, usually pruned, student, of either family.
 
-``CartoonModule(target="teacher", teacher_checkpoint="toon-w64", init_checkpoint=<pruned>)`` -- or
-``model.target: teacher`` in a recipe (``finetune/distill_w48*.yaml``) -- distils: the module then
+``CartoonModule(target="teacher", teacher_checkpoint="dctnet_w64.toon", init_checkpoint=<pruned>)`` -- or
+``model.target: teacher`` in a recipe (``finetune/distill_w48*.yaml``, ``finetune/distill_official_c24*.yaml``)
+-- distils: the module then
 holds a :class:`Distiller` (``module.distiller``) that supplies the training loss, the validation
 strengths and the teacher's bookkeeping. Per sample, at the module's random strength ``s``:
 
@@ -9,7 +10,11 @@ strengths and the teacher's bookkeeping. Per sample, at the module's random stre
          + renderer_weight * (l1_weight * L1 + lpips_weight * LPIPS)(student, renderer target)
          + feature_weight  * mean_i NMSE(P_i(fused_i(student)), fused_i(teacher))
 
-``fused_i`` are the outputs of the four adaptive fusions (scales 1/2 .. 1/16). ``dctnet_lite.tools.prune``
+Teacher and student may be of either family (``dctnet``, ``official``, and across: an official
+student taught by a dctnet teacher, or the reverse): the output terms compare images only.
+The feature term is DCTNet-to-DCTNet only (a ValueError otherwise): ``fused_i`` are the outputs
+of the four adaptive fusions (scales 1/2 .. 1/16) of the two-branch network, which the official
+generator does not have. ``dctnet_lite.tools.prune``
 does not record which channels it kept, so the student's features are mapped to the teacher's
 channels by a learned 1x1 convolution per scale (:class:`FeatureProjection`, FitNets-style);
 NMSE is the mean squared error divided by the teacher feature's mean square (scale-free).
@@ -44,6 +49,7 @@ from torch import nn
 from ..checkpoint import file_sha256
 from ..fileutil import portable_path
 from ..model import ArchConfig, DCTNet
+from .families import family_name, net_device
 from .targets import RendererTarget, TeacherTarget
 
 #: Validation strengths of a distillation run: scored against the teacher's output.
@@ -108,8 +114,9 @@ class Distiller(nn.Module):
 
     val_strengths = DISTILL_VAL_STRENGTHS
 
-    def __init__(self, source: TeacherTarget, student: ArchConfig, feature_weight: float = 0.0,
+    def __init__(self, source: TeacherTarget, student, feature_weight: float = 0.0,
                  renderer_weight: float = 0.0):
+        """``student``: the student's config (any family)."""
         super().__init__()
         for name, w in (("feature_weight", feature_weight), ("renderer_weight", renderer_weight)):
             if w < 0:
@@ -117,18 +124,24 @@ class Distiller(nn.Module):
         self._source = source  # a plain object: the teacher stays unregistered
         self.feature_weight, self.renderer_weight = float(feature_weight), float(renderer_weight)
         self.teacher.eval().requires_grad_(False)
+        if feature_weight > 0:
+            pair = (family_name(student), family_name(self.teacher))
+            if not (isinstance(student, ArchConfig) and isinstance(self.teacher, DCTNet)):
+                raise ValueError(f"feature_weight > 0 (fused-feature distillation) needs a dctnet student and "
+                                 f"a dctnet teacher (this pair: {pair[0]} student, {pair[1]} teacher); set "
+                                 f"feature_weight 0 (output distillation, L1 + LPIPS, works for every pair)")
         self.projection = FeatureProjection(student, self.teacher.config) if feature_weight > 0 else None
         self._renderer = RendererTarget() if renderer_weight > 0 else None
         self._reference: Optional[dict] = None
 
     @property
-    def teacher(self) -> DCTNet:
+    def teacher(self) -> nn.Module:
         return self._source.teacher
 
-    def ready_teacher(self, device: torch.device) -> DCTNet:
+    def ready_teacher(self, device: torch.device) -> nn.Module:
         """The teacher on ``device``, in eval mode (whatever happened to it)."""
         t = self.teacher
-        if t.head.weight.device != device:
+        if net_device(t) != device:
             t.to(device)
         if t.training:
             t.eval()
@@ -145,6 +158,7 @@ class Distiller(nn.Module):
                 "weights": info.name if info is not None and info.weights is not None else None,
                 "sha256": file_sha256(path) if path is not None and path.is_file() else None,
                 "payload_sha256": info.sha256 if info is not None else None,
+                "family": family_name(self.teacher),
                 "arch": self.teacher.config.to_dict(),
             }
         return dict(self._reference)
@@ -170,7 +184,7 @@ class Distiller(nn.Module):
                 target = teacher(x.float(), strength).float()
             render = self._renderer(batch, strength).float() * 2 - 1 if self._renderer is not None else None
         with fused_features(module.student, use_feats) as s_feats:
-            out = module.student(x, strength).float()
+            out = module.student_forward(x, strength).float()
         loss, logs = image_loss(module, out, target, "train/")
         if render is not None:
             r_loss, r_logs = image_loss(module, out, render, "train/renderer_")

@@ -1,4 +1,4 @@
-"""LightningModule that trains a DCTNet student towards strength-blended targets."""
+"""LightningModule that trains a student of any model family towards strength-blended targets."""
 from __future__ import annotations
 
 import copy
@@ -7,18 +7,20 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from ..checkpoint import load
 from ..tools.lpips_offline import LPIPSLoss, lpips_distance
-from ..model import ArchConfig, DCTNet
+from .. import registry
 from .distill import make_distiller
+from .families import check_init_family, differentiable, family_name, student_config
 from ..machine import machine_summary
 from .export import CKPT_KEY
 from .targets import TargetSource, make_target_source
@@ -28,17 +30,26 @@ VAL_STRENGTHS = {"s1": 1.0, "s05": 0.5, "s0": 0.0}
 
 
 class CartoonModule(pl.LightningModule):
-    """Train a :class:`DCTNet` student with L1 + LPIPS towards ``target(photo, s)``.
+    """Train a student network (any family of :mod:`dctnet_lite.registry`) with L1 + LPIPS
+    towards ``target(photo, s)``.
 
     Every sample gets its own strength ``s``: exactly 0 with probability ``strength_edge_prob``,
     exactly 1 with the same probability, else uniform in [0, 1]. The target source (see
     :mod:`.targets`) is chosen by ``target``; subclasses can override :meth:`build_target_source`.
-    ``init_checkpoint`` starts from a dctnet_lite checkpoint, whose architecture wins over ``width``.
 
-    ``target="teacher"`` distils a frozen teacher (:mod:`.distill`): ``module.distiller`` then adds
-    ``renderer_weight`` (L1 + LPIPS to the renderer's target too) and ``feature_weight`` (fused
-    features vs the teacher's through learned 1x1 projections), and validation scores s=1 and s=0.5
-    against the teacher only. Both weights must stay 0 for the other targets.
+    The student: ``arch`` (a registered architecture: ``dctnet_w48``, ``official_c32n4``), or
+    ``family`` (default ``dctnet``) with ``arch_config`` (the family's config as a dict) or
+    ``width`` (base width; ``None``: the family's default, dctnet width 64 / official c32 n4); see
+    :func:`~dctnet_lite.train.families.student_config`. ``init_checkpoint`` starts from a
+    dctnet_lite checkpoint of either family, whose architecture (a pruned non-uniform channel
+    table included) wins over ``width``/``arch``/``arch_config``; a ``family`` given or implied
+    by ``arch`` must be the checkpoint's.
+
+    ``target="teacher"`` distils a frozen teacher of either family (:mod:`.distill`):
+    ``module.distiller`` then adds ``renderer_weight`` (L1 + LPIPS to the renderer's target too)
+    and ``feature_weight`` (fused features vs the teacher's through learned 1x1 projections;
+    dctnet student and dctnet teacher only), and validation scores s=1 and s=0.5 against the
+    teacher only. Both weights must stay 0 for the other targets.
 
     With ``ema_decay > 0`` an EMA copy of the student (``self.ema``) is kept; validation, sample
     grids and export use it. Its decay ramps up as ``min(ema_decay, (1 + t) / (10 + t))``. The
@@ -47,8 +58,11 @@ class CartoonModule(pl.LightningModule):
 
     def __init__(
         self,
-        width: int = 64,
+        width: Optional[int] = None,
         init_checkpoint: Optional[str] = None,
+        arch: Optional[str] = None,
+        family: Optional[str] = None,
+        arch_config: Optional[Dict[str, Any]] = None,
         target: str = "renderer",
         teacher_checkpoint: Optional[str] = None,
         feature_weight: float = 0.0,
@@ -69,8 +83,9 @@ class CartoonModule(pl.LightningModule):
         self.save_hyperparameters()
         if init_checkpoint:
             self.student = load(init_checkpoint).train()
+            check_init_family(family_name(self.student), arch, family, init_checkpoint)
         else:
-            self.student = DCTNet(ArchConfig.from_width(width))
+            self.student = registry.build(student_config(width, arch, family, arch_config))
         self.ema = copy.deepcopy(self.student).requires_grad_(False) if ema_decay > 0 else None
         self.lpips_loss = LPIPSLoss(lpips_net) if lpips_weight > 0 else None  # holds no tensors
         self.target_source = self.build_target_source()
@@ -85,9 +100,14 @@ class CartoonModule(pl.LightningModule):
         return make_target_source(self.hparams.target, self.hparams.teacher_checkpoint)
 
     @property
-    def eval_net(self) -> DCTNet:
+    def eval_net(self) -> nn.Module:
         """The network used for validation and export: the EMA copy if any."""
         return self.ema if self.ema is not None else self.student
+
+    def student_forward(self, x: torch.Tensor, strength) -> torch.Tensor:
+        """The student on ``x`` in [-1, 1], in the form that back-propagates (whatever its family)."""
+        with differentiable(self.student):
+            return self.student(x, strength)
 
     def sample_strength(self, n: int) -> torch.Tensor:
         p = self.hparams.strength_edge_prob
@@ -101,7 +121,7 @@ class CartoonModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def forward(self, photo01: torch.Tensor, strength) -> torch.Tensor:
         """Student output in [0, 1] for photos in [0, 1]."""
-        return (self.student(photo01 * 2 - 1, strength).float() + 1) / 2
+        return (self.student_forward(photo01 * 2 - 1, strength).float() + 1) / 2
 
     def training_step(self, batch, batch_idx):
         photo = batch["photo"]
@@ -109,7 +129,7 @@ class CartoonModule(pl.LightningModule):
         if self.distiller is not None:
             return self.distiller.training_step(self, batch, s)
         target = self.make_target(batch, s) * 2 - 1
-        out = self.student(photo * 2 - 1, s).float()
+        out = self.student_forward(photo * 2 - 1, s).float()
         l1 = F.l1_loss(out, target)
         loss = self.hparams.l1_weight * l1
         logs = {"train/l1": l1}
@@ -216,6 +236,7 @@ class CartoonModule(pl.LightningModule):
         elapsed = time.monotonic() - self._t0 if self._t0 is not None else 0.0
         dm = self.trainer.datamodule if self._trainer is not None else None
         checkpoint[CKPT_KEY] = {
+            "family": family_name(self.student),
             "arch": self.student.config.to_dict(),
             "recipe": self.recipe if self.recipe is not None else dict(self.hparams),
             "data": dm.describe() if hasattr(dm, "describe") else None,

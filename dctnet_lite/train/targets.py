@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoint import load
 from ..render import blend_target, render_toon
+from .families import net_device
 
 TargetSource = Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -35,21 +36,21 @@ class PairedTarget:
 
 
 class TeacherTarget:
-    """A frozen DCTNet teacher's output at the same strengths (distillation).
+    """A frozen teacher's output at the same strengths (distillation); a checkpoint of any
+    family (``dctnet``, ``official``).
 
     The teacher lives outside the LightningModule's registered modules, so it is neither trained
     nor saved; it follows the batch's device on first use.
     """
 
     def __init__(self, checkpoint: str):
-
         self.checkpoint = checkpoint
         self.teacher = load(checkpoint).requires_grad_(False)
 
     @torch.no_grad()
     def __call__(self, batch, strength):
         photo = batch["photo"]
-        if self.teacher.head.weight.device != photo.device:
+        if net_device(self.teacher) != photo.device:
             self.teacher.to(photo.device)
         return (self.teacher(photo * 2 - 1, strength).float() + 1) / 2
 
