@@ -1,8 +1,11 @@
-"""Structured channel pruning of a :class:`~dctnet_lite.model.DCTNet` with torch-pruning.
+"""Structured channel pruning with torch-pruning, for both model families.
 
 ``prune(parent, width=48)`` removes whole channels from a trained network and returns a *plain*
-:class:`DCTNet` (no masks, no pickled modules) whose :class:`ArchConfig` is read off the pruned
-layers, so it saves and loads like any other checkpoint.
+model of the parent's family (no masks, no pickled modules) whose config is read off the pruned
+layers, so it saves and loads like any other checkpoint: a :class:`~dctnet_lite.model.DCTNet`
+with its :class:`ArchConfig` (family ``dctnet``), or an
+:class:`~dctnet_lite.official.OfficialGenerator` with its :class:`OfficialConfig` channel table
+(family ``official``; ``width`` is then the base channel count ``c``).
 
 How the channels are chosen
 ---------------------------
@@ -15,14 +18,27 @@ bottleneck's inner width and each decoder ``up``/``merge`` conv are groups of th
 (its 3 output channels are never pruned) and the network input is not a prunable node, so the
 stems keep their 3 input channels and the full-resolution ``[up, x]`` concat keeps ``x``.
 
+The official generator (:mod:`dctnet_lite.official`) is traced under
+:func:`~dctnet_lite.official.plain_ops` (every conv through its module, so the graph sees it) on a
+:data:`OFFICIAL_TRACE_SIZE` px input. Its additive skips couple ``conv_in`` with ``dec1b``
+(``x0``), ``enc1b`` with ``dec2`` (``x1``) and ``enc2b`` with every residual block's ``conv2``
+(``res``); the other groups (``down1``, ``down2``, ``block<i>``, ``dec1``, ``dec0``) are free --
+the groups of :func:`dctnet_lite.official.channel_groups`. ``conv_out`` (3 RGB outputs) is
+ignored; the guided filter has no parameters. :func:`channel_table` reads every group off all the
+convs that produce or consume it and fails if they disagree.
+
 Targets (exactly one):
 
-- ``width=48``: uniform; every group is scaled by ``width / parent_width`` (parent must be uniform).
+- ``width=48``: uniform; every group is scaled by ``width / parent_width`` (parent must be uniform;
+  for the official family the width is the base channel count ``c`` and the table becomes
+  :func:`~dctnet_lite.official.widths_from_channels`).
 - ``ratio=0.25``: remove that fraction of every group (kept counts rounded *down* to
   ``round_to``), or, with ``global_pruning=True``, of all channels ranked together.
 - ``macs_budget``: a fraction of the parent's MACs (``0.5``, ``"50%"``) or absolute GMACs at
   512 px (``"20G"``, or any number >= 1). Global (non-uniform) by default: torch-pruning ranks all
-  groups' channels together and removes a little more each step until the MACs fit.
+  groups' channels together and removes a little more each step until the MACs fit. MACs are
+  :func:`dctnet_lite.profile.count_macs` for ``dctnet`` and the generator's convolutions counted
+  by forward hooks under ``plain_ops()`` for ``official`` (:func:`family_macs`).
 
 Criteria: ``l1``/``l2`` (group weight magnitude), ``lamp`` and ``fpgm`` (torch-pruning's LAMP and
 geometric-median scores), ``taylor`` (first-order Taylor ``|w * dL/dw|``) and ``random`` (control).
@@ -42,6 +58,7 @@ the checkpoint's provenance hold no absolute path (:func:`dctnet_lite.tools.reci
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -63,6 +80,8 @@ from .. import __version__
 from ..checkpoint import file_sha256, load, resolve, save_checkpoint
 from ..images import list_images, read_image
 from ..model import CHANNEL_MULTIPLE, ArchConfig, DCTNet, channel_groups
+from ..official import OfficialConfig, OfficialGenerator, plain_ops, widths_from_channels
+from ..official import channel_groups as official_channel_groups
 from ..profile import count_macs, count_params
 from .lpips_offline import lpips_distance
 from .recipes import (as_argv, check_keys, config_files, parse,
@@ -72,6 +91,7 @@ CRITERIA = ("l1", "l2", "taylor", "lamp", "fpgm", "random")
 NEEDS_CALIBRATION = frozenset({"taylor"})
 TAYLOR_NOISE = 0.05
 TRACE_SIZE = 32            # example input side for the dependency graph and the MACs proxy (>= 16)
+OFFICIAL_TRACE_SIZE = 64   # the same for the official generator (a multiple of its stride 4)
 BUDGET_MAX_RATIO = 0.9     # schedule of the MACs-budget search: up to 90% of the channels ...
 BUDGET_STEPS = 90          # ... in 1% steps; it stops as soon as the budget is met
 MAX_GROUP_RATIO = 0.95     # torch-pruning's max_pruning_ratio per layer in the budget search
@@ -79,14 +99,17 @@ TARGET_KEYS = ("width", "ratio", "macs_budget")
 _EPS = 1e-9  # keeps torch-pruning's int(n * (1 - ratio)) from truncating 47.9999 to 47
 
 PathLike = Union[str, os.PathLike]
+Prunable = Union[DCTNet, OfficialGenerator]
+PRUNABLE = (DCTNet, OfficialGenerator)
 
 
 @dataclasses.dataclass
 class PruneResult:
-    """A pruned plain :class:`DCTNet`, its architecture and the report (provenance + metrics)."""
+    """A pruned plain model (:class:`DCTNet` or :class:`OfficialGenerator`), its architecture
+    (:class:`ArchConfig` or :class:`OfficialConfig`) and the report (provenance + metrics)."""
 
-    model: DCTNet
-    config: ArchConfig
+    model: Prunable
+    config: Union[ArchConfig, OfficialConfig]
     report: dict
 
     @property
@@ -108,8 +131,129 @@ class PruneResult:
 # ---------------------------------------------------------------------------------------------
 # Architecture bookkeeping
 # ---------------------------------------------------------------------------------------------
-def channel_table(model: DCTNet) -> Dict[str, int]:
-    """Channel count of every group, read off the (possibly pruned) layers of ``model``."""
+def _family_name(model: nn.Module) -> str:
+    if isinstance(model, DCTNet):
+        return "dctnet"
+    if isinstance(model, OfficialGenerator):
+        return "official"
+    raise ValueError(f"cannot prune a {type(model).__name__}: prune() takes a model of the dctnet "
+                     f"family (DCTNet) or the official family (OfficialGenerator), or a checkpoint of one")
+
+
+def _num_blocks(model: Prunable) -> int:
+    return len(model.bottleneck) if isinstance(model, DCTNet) else len(model.blocks)
+
+
+def _head(model: Prunable) -> nn.Conv2d:
+    """The output conv (3 RGB channels, never pruned)."""
+    return model.head if isinstance(model, DCTNet) else model.conv_out
+
+
+def _trace_context(model: nn.Module):
+    """What the forward of a traced/hooked pass runs under: ``plain_ops()`` for the official
+    generator (every conv through its module), nothing for DCTNet."""
+    return plain_ops() if isinstance(model, OfficialGenerator) else contextlib.nullcontext()
+
+
+def _trace_size(model: nn.Module) -> int:
+    return OFFICIAL_TRACE_SIZE if isinstance(model, OfficialGenerator) else TRACE_SIZE
+
+
+def _official_readings(num_blocks: int) -> Dict[str, List[Tuple[str, str]]]:
+    """Every conv side that carries each channel group of the official generator: (module, "out"
+    or "in"). The groups joined by the additive skips list all their producers."""
+    r = {
+        "x0": [("conv_in", "out"), ("dec1b", "out"), ("enc1a", "in"), ("dec0", "in")],
+        "down1": [("enc1a", "out"), ("enc1b", "in")],
+        "x1": [("enc1b", "out"), ("dec2", "out"), ("enc2a", "in"), ("dec1a", "in")],
+        "down2": [("enc2a", "out"), ("enc2b", "in")],
+        "res": [("enc2b", "out"), ("dec2", "in")],
+    }
+    for i in range(num_blocks):
+        r["res"] += [(f"blocks.{i}.conv2", "out"), (f"blocks.{i}.conv1", "in")]
+        r[f"block{i}"] = [(f"blocks.{i}.conv1", "out"), (f"blocks.{i}.conv2", "in")]
+    r["dec1"] = [("dec1a", "out"), ("dec1b", "in")]
+    r["dec0"] = [("dec0", "out"), ("conv_out", "in")]
+    return r
+
+
+def _conv_side(conv: nn.Conv2d, side: str) -> Tuple[int, ...]:
+    """The sizes a conv holds for one side (attribute, weight and bias), to check they agree."""
+    w = conv.weight
+    if side == "out":
+        sizes = (conv.out_channels, w.shape[0]) + ((conv.bias.shape[0],) if conv.bias is not None else ())
+    else:
+        sizes = (conv.in_channels, w.shape[1] * conv.groups)
+    return tuple(int(v) for v in sizes)
+
+
+def official_channel_table(model: OfficialGenerator) -> Dict[str, int]:
+    """Channel count of every group of an official generator, read off all the convs that produce
+    or consume it; RuntimeError when they disagree (e.g. a skip's two sides pruned differently)."""
+    mods = dict(model.named_modules())
+    t = {}
+    for group, sides in _official_readings(len(model.blocks)).items():
+        seen = {f"{name}.{side}": _conv_side(mods[name], side) for name, side in sides}
+        values = {v for sizes in seen.values() for v in sizes}
+        if len(values) != 1:
+            raise RuntimeError(f"channel group {group!r} is inconsistent: "
+                               + ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in seen.items()))
+        t[group] = values.pop()
+    ends = {"conv_in.in": _conv_side(model.conv_in, "in"), "conv_out.out": _conv_side(model.conv_out, "out")}
+    if any(v != 3 for sizes in ends.values() for v in sizes):
+        raise RuntimeError(f"the RGB input/output convs must keep 3 channels: {ends}")
+    return {k: t[k] for k in official_channel_groups(len(model.blocks))}
+
+
+def _graph_groups(DG, model: OfficialGenerator) -> Dict[str, List[str]]:
+    """torch-pruning's channel groups of an official generator, named after
+    :func:`dctnet_lite.official.channel_groups`: ``{group: ["conv_in.out", "dec1b.out", ...]}``.
+
+    RuntimeError when a group of the graph couples other convs than the family's table says (the
+    additive skips: ``x0``, ``x1``, ``res``) or maps its indices other than one to one."""
+    expected = {frozenset(f"{n}.{side}" for n, side in sides): g
+                for g, sides in _official_readings(len(model.blocks)).items()}
+    found: Dict[str, List[str]] = {}
+    for group in DG.get_all_groups(ignored_layers=[model.conv_out], root_module_types=[nn.Conv2d]):
+        convs = set()
+        for dep, idxs in group:
+            if not isinstance(dep.target.module, nn.Conv2d):
+                continue
+            side = "out" if DG.is_out_channel_pruning_fn(dep.handler) else \
+                "in" if DG.is_in_channel_pruning_fn(dep.handler) else "?"
+            name = f"{DG._module2name[dep.target.module]}.{side}"
+            if list(idxs) != list(range(len(idxs))):
+                raise RuntimeError(f"torch-pruning maps the channels of {name} other than one to one")
+            convs.add(name)
+        name = expected.get(frozenset(convs))
+        if name is None:
+            raise RuntimeError(f"torch-pruning couples {sorted(convs)}: not a channel group of the "
+                               f"official generator ({', '.join(expected.values())})")
+        found[name] = sorted(convs)
+    missing = [g for g in expected.values() if g not in found]
+    if missing:
+        raise RuntimeError(f"torch-pruning found no group for {missing}")
+    return {g: found[g] for g in official_channel_groups(len(model.blocks))}
+
+
+def official_dependency_groups(model: OfficialGenerator) -> Dict[str, List[str]]:
+    """The channel groups torch-pruning's ``DependencyGraph`` finds in an official generator
+    (traced under ``plain_ops()`` on a :data:`OFFICIAL_TRACE_SIZE` px input, ``conv_out``
+    ignored), checked against the family's groups (see :func:`_graph_groups`)."""
+    import torch_pruning as tp
+
+    x = torch.zeros(1, 3, OFFICIAL_TRACE_SIZE, OFFICIAL_TRACE_SIZE)
+    with plain_ops():
+        DG = tp.DependencyGraph().build_dependency(model, example_inputs=(x, 1.0))
+    return _graph_groups(DG, model)
+
+
+def channel_table(model: Prunable) -> Dict[str, int]:
+    """Channel count of every group, read off the (possibly pruned) layers of ``model`` (either
+    family: the groups of :func:`dctnet_lite.model.channel_groups` or
+    :func:`dctnet_lite.official.channel_groups`)."""
+    if _family_name(model) == "official":
+        return official_channel_table(model)
     t = {"scale1": model.content.stem[0].out_channels}
     for i in (2, 3, 4):
         t[f"scale{i}"] = model.content.stages[i - 2][2].out_channels
@@ -125,16 +269,44 @@ def channel_table(model: DCTNet) -> Dict[str, int]:
     return {k: int(t[k]) for k in channel_groups(len(model.bottleneck))}
 
 
-def config_of(model: DCTNet) -> ArchConfig:
-    """The :class:`ArchConfig` of the layers as they are (collapses to a width when uniform)."""
-    return ArchConfig.from_channels(channel_table(model), num_res_blocks=len(model.bottleneck))
+def config_from_table(family: str, table: Mapping[str, int], num_blocks: int):
+    """The family's config of a channel table (collapses to a width / base channels when uniform)."""
+    if family == "official":
+        return OfficialConfig.from_table(table, num_blocks)
+    return ArchConfig.from_channels(dict(table), num_res_blocks=num_blocks)
+
+
+def config_of(model: Prunable) -> Union[ArchConfig, OfficialConfig]:
+    """The config of the layers as they are: an :class:`ArchConfig` for a DCTNet, an
+    :class:`OfficialConfig` for an official generator (both collapse to a width when uniform)."""
+    return config_from_table(_family_name(model), channel_table(model), _num_blocks(model))
+
+
+def _num_blocks_of(config) -> int:
+    return config.num_blocks if isinstance(config, OfficialConfig) else config.num_res_blocks
+
+
+def _base_width(config) -> Optional[int]:
+    """The uniform base width (DCTNet) or base channels ``c`` (official); None when non-uniform."""
+    if not config.is_uniform:
+        return None
+    return config.channels if isinstance(config, OfficialConfig) else config.base_width
+
+
+def _uniform_table(config, width: int) -> Dict[str, int]:
+    """The channel table of the uniform architecture of ``config``'s family at ``width``."""
+    if isinstance(config, OfficialConfig):
+        return widths_from_channels(width, config.num_blocks)
+    return ArchConfig.from_width(width, config.num_res_blocks).widths
 
 
 def conv_macs(model: nn.Module, size: int = TRACE_SIZE) -> int:
     """MACs of the convolutions of one forward at ``size`` px, by forward hooks (fast).
 
     Proportional to :func:`dctnet_lite.profile.count_macs` (which costs ~0.4 s a call) for sides
-    that are multiples of 16; used as the stopping test of the MACs-budget search.
+    that are multiples of 16; used as the stopping test of the MACs-budget search. The official
+    generator runs under ``plain_ops()`` so that every conv goes through its hooked module (its
+    MACs at sides that are multiples of 4 are exactly proportional to the side squared).
     """
     total = [0]
 
@@ -144,7 +316,7 @@ def conv_macs(model: nn.Module, size: int = TRACE_SIZE) -> int:
     p = next(model.parameters())
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _trace_context(model):
             model(torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device), 1.0)
     finally:
         for h in handles:
@@ -152,15 +324,29 @@ def conv_macs(model: nn.Module, size: int = TRACE_SIZE) -> int:
     return total[0]
 
 
-_MACS_CACHE: Dict[Tuple[str, int], int] = {}
+_MACS_CACHE: Dict[Tuple[str, str, int], int] = {}
 
 
-def _count_macs(config: ArchConfig, size: int) -> int:
-    """:func:`dctnet_lite.profile.count_macs` (square, batch 1), memoised per architecture."""
-    key = (config.to_json(), size)
+def family_macs(config: Union[ArchConfig, OfficialConfig], size: int) -> int:
+    """MACs of one square forward at ``size`` px (batch 1), as the pruning report counts them.
+
+    ``dctnet``: :func:`dctnet_lite.profile.count_macs`. ``official``: the generator's convolutions
+    by forward hooks under ``plain_ops()`` (:func:`conv_macs` on a ``meta``-device model: no
+    memory, no arithmetic); the guided filter's fixed box filters (no parameters, ~0.045 GMACs at
+    512 px whatever the widths) are not counted. Memoised per architecture.
+    """
+    key = (type(config).__name__, config.to_json(), size)
     if key not in _MACS_CACHE:
-        _MACS_CACHE[key] = count_macs(config, size)
+        if isinstance(config, OfficialConfig):
+            with torch.device("meta"):
+                model = OfficialGenerator(config)
+            _MACS_CACHE[key] = conv_macs(model, size)
+        else:
+            _MACS_CACHE[key] = count_macs(config, size)
     return _MACS_CACHE[key]
+
+
+_count_macs = family_macs
 
 
 def _floor_to(n: float, multiple: int) -> int:
@@ -290,13 +476,13 @@ def _importance(criterion: str):
     }[criterion]()
 
 
-def _resolve_parent(model_or_checkpoint) -> Tuple[DCTNet, dict]:
+def _resolve_parent(model_or_checkpoint) -> Tuple[Prunable, dict]:
     """-> (fp32 parent in eval mode, provenance fields about it).
 
     Paths are stored portably (:func:`dctnet_lite.tools.report.portable_path`: relative to the
     current directory when inside it, else the file name); the sha256 identifies the file.
     """
-    if isinstance(model_or_checkpoint, DCTNet):
+    if isinstance(model_or_checkpoint, PRUNABLE):
         parent = model_or_checkpoint
         info = getattr(parent, "checkpoint_info", None)
         prov = {"parent_checkpoint": None, "parent_sha256": None}
@@ -306,9 +492,10 @@ def _resolve_parent(model_or_checkpoint) -> Tuple[DCTNet, dict]:
         # a private fp32 CPU copy in eval mode: the caller's model (dtype, device, mode) is left alone
         return copy.deepcopy(parent).to("cpu", torch.float32).eval(), prov
     if isinstance(model_or_checkpoint, nn.Module):
-        raise TypeError(f"prune() expects a DCTNet or a checkpoint, got {type(model_or_checkpoint).__name__}")
+        _family_name(model_or_checkpoint)  # raises: a model of no prunable family
     path = resolve(model_or_checkpoint)
     parent = load(path, device="cpu", dtype=torch.float32)
+    _family_name(parent)
     return parent.eval(), {"parent_checkpoint": portable_path(path), "parent_sha256": file_sha256(path),
                            "parent_payload_sha256": parent.checkpoint_info.sha256}
 
@@ -343,8 +530,8 @@ def check_options(*, width, ratio, macs_budget, criterion: str, calibration, see
     _check_int("seed", seed, low=0)
     _check_int("round_to", round_to)
     if round_to % CHANNEL_MULTIPLE:
-        raise ValueError(f"round_to must be a multiple of {CHANNEL_MULTIPLE} (every channel group of "
-                         f"an ArchConfig is), got {round_to}")
+        raise ValueError(f"round_to must be a multiple of {CHANNEL_MULTIPLE} (the library's channel "
+                         f"multiple: every group of an ArchConfig is one), got {round_to}")
     if global_pruning is not None and not isinstance(global_pruning, bool):
         raise ValueError(f"global_pruning must be true, false or unset, got {global_pruning!r}")
     if drift is not None and not isinstance(drift, bool):
@@ -355,26 +542,29 @@ def check_options(*, width, ratio, macs_budget, criterion: str, calibration, see
         raise ValueError(f"a calibration folder of images is required: {why}")
 
 
-def resolve_target(parent_config: ArchConfig, before: Dict[str, int], *, width=None, ratio=None,
-                   macs_budget=None, global_pruning: Optional[bool] = None,
+def resolve_target(parent_config: Union[ArchConfig, OfficialConfig], before: Dict[str, int], *, width=None,
+                   ratio=None, macs_budget=None, global_pruning: Optional[bool] = None,
                    round_to: int = CHANNEL_MULTIPLE) -> TargetPlan:
-    """Step 1: validate the one target against the parent and turn it into a :class:`TargetPlan`."""
+    """Step 1: validate the one target against the parent (of either family) and turn it into a
+    :class:`TargetPlan`. For the official family ``width`` is the base channel count ``c``."""
+    official = isinstance(parent_config, OfficialConfig)
     if width is not None:
         if isinstance(width, bool) or not isinstance(width, int) or width <= 0 or width % CHANNEL_MULTIPLE:
             raise ValueError(f"width must be a positive multiple of {CHANNEL_MULTIPLE}, got {width!r}")
         if not parent_config.is_uniform:
             raise ValueError(f"a width target needs a uniform parent; this one is "
                              f"{parent_config.describe()}: use ratio or macs_budget")
-        pw = parent_config.base_width
+        pw = _base_width(parent_config)
         if width >= pw:
-            raise ValueError(f"width {width} must be smaller than the parent's width {pw}")
+            what = f"base channels {pw} ({parent_config.describe()})" if official else f"width {pw}"
+            raise ValueError(f"width {width} must be smaller than the parent's {what}")
         if width % round_to:
             raise ValueError(f"width {width} is not a multiple of round_to={round_to}")
         if global_pruning:
             raise ValueError("a width target is uniform: global_pruning=True does not apply "
                              "(use ratio or macs_budget for a non-uniform result)")
         return TargetPlan({"width": width, "parent_width": pw}, False, (pw - width) / pw - _EPS,
-                          ArchConfig.from_width(width, parent_config.num_res_blocks).widths)
+                          _uniform_table(parent_config, width))
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
             raise ValueError(f"ratio must lie strictly between 0 and 1, got {ratio!r}")
@@ -391,7 +581,8 @@ def resolve_target(parent_config: ArchConfig, before: Dict[str, int], *, width=N
         return TargetPlan({"ratio": float(ratio)}, bool(global_pruning), float(ratio) - _EPS, expected)
     parent_macs_512 = _count_macs(parent_config, 512)
     frac, budget_macs = parse_macs_budget(macs_budget, parent_macs_512)
-    floor_cfg = ArchConfig.from_channels({k: round_to for k in before}, parent_config.num_res_blocks)
+    floor_cfg = config_from_table("official" if official else "dctnet", {k: round_to for k in before},
+                                  _num_blocks_of(parent_config))
     floor_macs = _count_macs(floor_cfg, 512)
     if budget_macs < floor_macs:
         raise ValueError(f"macs_budget {macs_budget!r} = {budget_macs / 1e9:.3f} GMACs at 512 px is "
@@ -402,38 +593,45 @@ def resolve_target(parent_config: ArchConfig, before: Dict[str, int], *, width=N
     return TargetPlan(target, True if global_pruning is None else global_pruning, None, None)
 
 
-def run_pruner(parent: DCTNet, plan: TargetPlan, *, criterion: str, round_to: int, seed: int,
+def run_pruner(parent: Prunable, plan: TargetPlan, *, criterion: str, round_to: int, seed: int,
                images: Optional[torch.Tensor] = None,
-               parent_out: Optional[torch.Tensor] = None) -> Tuple[DCTNet, int]:
-    """Step 2: torch-pruning on a copy of ``parent`` -> (the pruned module, steps taken)."""
+               parent_out: Optional[torch.Tensor] = None) -> Tuple[Prunable, int]:
+    """Step 2: torch-pruning on a copy of ``parent`` -> (the pruned module, steps taken).
+
+    The dependency graph is traced on a ``(1, 3, S, S)`` zero input with strength 1.0
+    (:data:`TRACE_SIZE`, :data:`OFFICIAL_TRACE_SIZE`); the official generator is traced, and its
+    Taylor gradients computed, under ``plain_ops()``. The output conv is ignored."""
     import torch_pruning as tp
 
     work = copy.deepcopy(parent).requires_grad_(True)
     work.zero_grad(set_to_none=True)
-    example = torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE)
+    size = _trace_size(parent)
+    example = torch.zeros(1, 3, size, size)
     Pruner = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner
     steps_done = 0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), _trace_context(parent):  # tracing needs autograd
         torch.manual_seed(seed)
         common = dict(importance=_importance(criterion), global_pruning=plan.global_pruning,
-                      ignored_layers=[work.head], round_to=round_to)
+                      ignored_layers=[_head(work)], round_to=round_to)
         if plan.step_ratio is not None:
             pruner = Pruner(work, (example, 1.0), pruning_ratio=plan.step_ratio, iterative_steps=1, **common)
         else:
             pruner = Pruner(work, (example, 1.0), pruning_ratio=BUDGET_MAX_RATIO,
                             iterative_steps=BUDGET_STEPS, max_pruning_ratio=MAX_GROUP_RATIO, **common)
+        if isinstance(work, OfficialGenerator):
+            _graph_groups(pruner.DG, work)  # the skips couple exactly the family's groups, 1:1
         if criterion == "taylor":
             _taylor_gradients(work, images, parent_out, seed)
         if plan.step_ratio is not None:
             pruner.step()
             steps_done = 1
         else:
-            ref = conv_macs(parent)
+            ref = _step_macs(parent, size)
             frac_now = 1.0
             for _ in range(BUDGET_STEPS):
                 pruner.step()
                 steps_done += 1
-                frac_now = conv_macs(work) / ref
+                frac_now = _step_macs(work, size) / ref
                 if frac_now <= plan.target["macs_budget_fraction"]:
                     break
             else:
@@ -444,32 +642,46 @@ def run_pruner(parent: DCTNet, plan: TargetPlan, *, criterion: str, round_to: in
     return work, steps_done
 
 
-def rebuild_plain(work: DCTNet, plan: TargetPlan, num_res_blocks: int,
-                  images: Optional[torch.Tensor] = None) -> Tuple[DCTNet, ArchConfig, float]:
-    """Step 3: a fresh :class:`DCTNet` of the pruned layers' :class:`ArchConfig`, loaded strictly and
-    checked to give the pruned module's outputs -> (model, config, max |difference|)."""
-    after = channel_table(work)
+def _step_macs(model: Prunable, size: int) -> int:
+    """The MACs-budget search's stopping measure. DCTNet: :func:`conv_macs` of the module.
+    Official: :func:`family_macs` of the table read off the module (the same hooks, on a ``meta``
+    model: every step has new conv shapes, and a real forward would pay oneDNN's set-up for each)."""
+    if isinstance(model, OfficialGenerator):
+        return family_macs(config_of(model), size)
+    return conv_macs(model, size)
+
+
+def rebuild_plain(work: Prunable, plan: TargetPlan, num_res_blocks: int,
+                  images: Optional[torch.Tensor] = None) -> Tuple[Prunable, Any, float]:
+    """Step 3: a fresh model of the pruned layers' config (same family: :class:`DCTNet` /
+    :class:`ArchConfig` or :class:`OfficialGenerator` / :class:`OfficialConfig` from the table),
+    loaded strictly and checked to give the pruned module's outputs -> (model, config, max |diff|).
+    ``num_res_blocks`` is the parent's number of residual blocks (either family)."""
+    family = _family_name(work)
+    after = channel_table(work)  # the official table also checks every coupled group agrees
     if plan.expected is not None and after != plan.expected:
         diffs = ", ".join(f"{k}: {after[k]} (expected {plan.expected[k]})"
                           for k in after if after[k] != plan.expected[k])
         raise RuntimeError(f"torch-pruning did not produce the requested channel counts: {diffs}")
-    if after["merge0"] <= 0 or work.head.out_channels != 3:
-        raise RuntimeError(f"pruning broke the output head: {work.head}")
-    config = ArchConfig.from_channels(after, num_res_blocks=num_res_blocks)
-    model = DCTNet(config)
+    head = _head(work)
+    if min(after.values()) <= 0 or head.out_channels != 3:
+        raise RuntimeError(f"pruning broke the network: {head}, channels {after}")
+    config = config_from_table(family, after, num_res_blocks)
+    model = type(work)(config)
     model.load_state_dict({k: v.detach().clone() for k, v in work.state_dict().items()}, strict=True)
     model.eval().requires_grad_(True)
+    size = _trace_size(work)
     check_x = images[:2] if images is not None else \
-        torch.linspace(-1, 1, 2 * 3 * TRACE_SIZE * TRACE_SIZE).reshape(2, 3, TRACE_SIZE, TRACE_SIZE)
+        torch.linspace(-1, 1, 2 * 3 * size * size).reshape(2, 3, size, size)
     with torch.no_grad():
         diff = float((model(check_x, 1.0) - work(check_x, 1.0)).abs().max())
     if diff > 1e-6:
-        raise RuntimeError(f"the rebuilt {config.describe()} DCTNet differs from the pruned module "
+        raise RuntimeError(f"the rebuilt {config.describe()} {type(model).__name__} differs from the pruned module "
                            f"(max |diff| {diff:.3g})")
     return model, config, diff
 
 
-def prune_report(parent: DCTNet, parent_prov: dict, model: DCTNet, plan: TargetPlan, *, criterion: str,
+def prune_report(parent: Prunable, parent_prov: dict, model: Prunable, plan: TargetPlan, *, criterion: str,
                  round_to: int, seed: int, steps: int, diff: float, calibration=None, files=(),
                  calib_size: int = 256, drift: Optional[dict] = None, seconds: float = 0.0) -> dict:
     """Step 4: the report (provenance, metrics, channel tables). No absolute path goes in it:
@@ -488,6 +700,7 @@ def prune_report(parent: DCTNet, parent_prov: dict, model: DCTNet, plan: TargetP
     root = Path(calibration).expanduser() if calibration is not None else None
     provenance = {
         "stage": "prune",
+        "family": _family_name(model),
         **parent_prov,
         "parent_arch": parent_config.to_dict(),
         "criterion": criterion,
@@ -508,6 +721,7 @@ def prune_report(parent: DCTNet, parent_prov: dict, model: DCTNet, plan: TargetP
     return {
         "provenance": provenance,
         "metrics": metrics,
+        "family": _family_name(model),
         "arch": config.to_dict(),
         "description": config.describe(),
         "parent_description": parent_config.describe(),
@@ -526,14 +740,16 @@ def _torch_pruning_version() -> str:
     return getattr(tp, "__version__", "unknown")
 
 
-def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] = None,
+def prune(model_or_checkpoint: Union[Prunable, PathLike], *, width: Optional[int] = None,
           ratio: Optional[float] = None, macs_budget: Union[float, str, None] = None,
           criterion: str = "l1", calibration: Optional[PathLike] = None, calib_images: int = 8,
           calib_size: int = 256, seed: int = 0, global_pruning: Optional[bool] = None,
           round_to: int = CHANNEL_MULTIPLE, drift: Optional[bool] = None) -> PruneResult:
-    """Prune a DCTNet (a model or a checkpoint name/path) to a plain, smaller DCTNet.
+    """Prune a model (a :class:`DCTNet` or an :class:`OfficialGenerator`, or a checkpoint name/path
+    of either family) to a plain, smaller model of the same family.
 
-    Give exactly one target: ``width`` (uniform), ``ratio`` (per group, or over all channels with
+    Give exactly one target: ``width`` (uniform: the base width, or the official family's base
+    channels ``c``), ``ratio`` (per group, or over all channels with
     ``global_pruning=True``) or ``macs_budget`` (global by default; see :func:`parse_macs_budget`).
     ``calibration`` is a folder of images: required by ``criterion="taylor"``; when given, the
     drift (LPIPS alex and L1 between the pruned and the parent outputs at s=1, before any
@@ -561,7 +777,7 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
 
     work, steps = run_pruner(parent, plan, criterion=criterion, round_to=round_to, seed=seed,
                              images=images, parent_out=parent_out)
-    model, config, diff = rebuild_plain(work, plan, config_of(parent).num_res_blocks, images)
+    model, config, diff = rebuild_plain(work, plan, _num_blocks(parent), images)
     drift_metrics = output_drift(_outputs(model, images), parent_out) \
         if want_drift and images is not None else None
     report = prune_report(parent, parent_prov, model, plan, criterion=criterion, round_to=round_to,
@@ -570,7 +786,7 @@ def prune(model_or_checkpoint: Union[DCTNet, PathLike], *, width: Optional[int] 
     return PruneResult(model=model, config=config, report=report)
 
 
-def _taylor_gradients(model: DCTNet, images: torch.Tensor, parent_out: torch.Tensor, seed: int,
+def _taylor_gradients(model: Prunable, images: torch.Tensor, parent_out: torch.Tensor, seed: int,
                       batch: int = 2) -> None:
     """Fill ``.grad`` with d/dw of ``mean L1(model(x + noise, 1), parent(x, 1))`` over the images."""
     gen = torch.Generator().manual_seed(seed)
@@ -593,8 +809,10 @@ def _taylor_gradients(model: DCTNet, images: torch.Tensor, parent_out: torch.Ten
 #: Every recipe key: (key, type, default, help). ``--config FILE`` (repeatable: later files overlay
 #: earlier ones) and the command line set them; ``--print_config`` shows the merged recipe.
 RECIPE_OPTIONS: Tuple[Tuple[str, Any, Any, str], ...] = (
-    ("checkpoint", Optional[str], None, "parent: a checkpoint name (dctnet_w64.toon) or a path"),
-    ("width", Optional[int], None, "target: uniform base width (a multiple of 8, below the parent's)"),
+    ("checkpoint", Optional[str], None,
+     "parent: a checkpoint name (dctnet_w64.toon) or a path, of the dctnet or the official family"),
+    ("width", Optional[int], None,
+     "target: uniform base width / official base channels c (a multiple of 8, below the parent's)"),
     ("ratio", Optional[float], None, "target: fraction of the channels to remove, in (0, 1)"),
     ("macs_budget", Union[float, str, None], None,
      "target: fraction of the parent's MACs (0.5, '50%') or GMACs at 512 px ('20G'); global"),
@@ -625,7 +843,8 @@ def build_parser(prog: str = "dctnet-lite prune"):
 
     parser = ArgumentParser(
         prog=prog, exit_on_error=False,
-        description="Prune a checkpoint's channels with torch-pruning to a plain, smaller DCTNet "
+        description="Prune a checkpoint's channels with torch-pruning to a plain, smaller model of its "
+                    "family (DCTNet or the official generator) "
                     "(prune/README.md). Options come from --config FILE (repeatable: later files "
                     "overlay earlier ones) and the command line, in that order; a target given later "
                     "(width, ratio or macs_budget) replaces an earlier one.")
