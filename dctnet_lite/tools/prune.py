@@ -346,8 +346,6 @@ def family_macs(config: Union[ArchConfig, OfficialConfig], size: int) -> int:
     return _MACS_CACHE[key]
 
 
-_count_macs = family_macs
-
 
 def _floor_to(n: float, multiple: int) -> int:
     return int(n + _EPS) // multiple * multiple
@@ -579,11 +577,11 @@ def resolve_target(parent_config: Union[ArchConfig, OfficialConfig], before: Dic
                 raise ValueError(f"ratio {ratio} removes no channel once counts are rounded to "
                                  f"multiples of {round_to}")
         return TargetPlan({"ratio": float(ratio)}, bool(global_pruning), float(ratio) - _EPS, expected)
-    parent_macs_512 = _count_macs(parent_config, 512)
+    parent_macs_512 = family_macs(parent_config, 512)
     frac, budget_macs = parse_macs_budget(macs_budget, parent_macs_512)
     floor_cfg = config_from_table("official" if official else "dctnet", {k: round_to for k in before},
                                   _num_blocks_of(parent_config))
-    floor_macs = _count_macs(floor_cfg, 512)
+    floor_macs = family_macs(floor_cfg, 512)
     if budget_macs < floor_macs:
         raise ValueError(f"macs_budget {macs_budget!r} = {budget_macs / 1e9:.3f} GMACs at 512 px is "
                          f"below the smallest reachable network ({floor_macs / 1e9:.3f} GMACs, every "
@@ -667,7 +665,7 @@ def rebuild_plain(work: Prunable, plan: TargetPlan, num_res_blocks: int,
     if min(after.values()) <= 0 or head.out_channels != 3:
         raise RuntimeError(f"pruning broke the network: {head}, channels {after}")
     config = config_from_table(family, after, num_res_blocks)
-    model = type(work)(config)
+    model = (OfficialGenerator if family == "official" else DCTNet)(config)
     model.load_state_dict({k: v.detach().clone() for k, v in work.state_dict().items()}, strict=True)
     model.eval().requires_grad_(True)
     size = _trace_size(work)
@@ -689,8 +687,8 @@ def prune_report(parent: Prunable, parent_prov: dict, model: Prunable, plan: Tar
     parent_config, config = config_of(parent), config_of(model)
     metrics = {
         "params_before": count_params(parent), "params_after": count_params(model),
-        "macs_512_before": _count_macs(parent_config, 512), "macs_512_after": _count_macs(config, 512),
-        "macs_1024_before": _count_macs(parent_config, 1024), "macs_1024_after": _count_macs(config, 1024),
+        "macs_512_before": family_macs(parent_config, 512), "macs_512_after": family_macs(config, 512),
+        "macs_1024_before": family_macs(parent_config, 1024), "macs_1024_after": family_macs(config, 1024),
     }
     metrics["params_ratio"] = round(metrics["params_after"] / metrics["params_before"], 4)
     metrics["macs_ratio"] = round(metrics["macs_512_after"] / metrics["macs_512_before"], 4)
