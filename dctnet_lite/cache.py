@@ -37,7 +37,12 @@ Keys of version 1 (``dctnet-lite-result-v1``, where ``precision`` also carried t
 resize settings) are never produced again: such entries simply miss and age out.
 
 The value is the finished output as PNG bytes (RGB, or RGBA when the input had alpha), so a hit
-returns exactly what the miss returned.
+returns exactly what the miss returned. An entry is verified before it is served
+(:func:`verify_png`: the signature, every chunk's length and CRC-32, image data present, and the
+closing ``IEND`` chunk with nothing after it): a truncated or damaged entry is a miss (a
+:class:`DiskCache` deletes it) and the result is recomputed and stored again. Entries are encoded
+at zlib level :data:`CACHE_PNG_LEVEL`; a file written from a hit at another PNG level is
+re-encoded at that level (same pixels, the bytes the miss would have written).
 
 Backends implement :class:`ResultCache` (``get(key) -> bytes | None``, ``put(key, bytes)``):
 :class:`DiskCache` (the default: files under the user cache dir, bounded, LRU), and
@@ -52,8 +57,10 @@ import json
 import logging
 import os
 import re
+import struct
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -70,6 +77,9 @@ RESIZE_PLACES = ("host", "device")
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _STALE_TEMP_SECONDS = 3600.0
+#: zlib level of cache entries (:func:`encode_png`): fast, this is a cache.
+CACHE_PNG_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +140,56 @@ def encode_png(image) -> bytes:
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
+    image.save(buf, format="PNG", compress_level=CACHE_PNG_LEVEL)
     return buf.getvalue()
+
+
+def verify_png(data) -> bool:
+    """Whether ``data`` is a whole, undamaged PNG: the signature, then chunks whose lengths fit
+    and whose CRC-32 match, an ``IHDR`` first, at least one ``IDAT``, and ``IEND`` as the very last
+    bytes. Nothing is decoded (it costs one CRC pass over the bytes)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return False
+    data = memoryview(data)
+    n = len(data)
+    if n < len(_PNG_SIGNATURE) + 12 or bytes(data[:8]) != _PNG_SIGNATURE:
+        return False
+    pos, first, idat = 8, True, False
+    while pos + 12 <= n:
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > n:
+            return False
+        crc = struct.unpack(">I", data[end - 4:end])[0]
+        if zlib.crc32(data[pos + 4:end - 4]) & 0xFFFFFFFF != crc:
+            return False
+        if first and ctype != b"IHDR":
+            return False
+        first = False
+        idat = idat or ctype == b"IDAT"
+        if ctype == b"IEND":
+            return idat and end == n
+        pos = end
+    return False
+
+
+def verified_get(cache: "ResultCache", key: str) -> Optional[bytes]:
+    """``cache.get(key)`` when the entry is a whole PNG (:func:`verify_png`), else ``None``: a
+    damaged or truncated entry is a miss, deleted where the backend has ``discard(key)`` (else the
+    recomputed result is stored over it). What the Cartoonizer serves hits through."""
+    data = cache.get(key)
+    if data is None:
+        return None
+    if verify_png(data):
+        return bytes(data)
+    log.warning("dctnet_lite result cache: entry %s... is damaged or truncated: dropped, recomputing", key[:12])
+    discard = getattr(cache, "discard", None)
+    if callable(discard):
+        try:
+            discard(key)
+        except Exception:  # a backend failure is a miss, never an error for the request
+            pass
+    return None
 
 
 def decode_png(data: bytes):
@@ -177,6 +235,11 @@ class MemoryCache(ResultCache):
                 self._items.move_to_end(key)
             return data
 
+    def discard(self, key: str) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes -= len(old) if old is not None else 0
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:
             return
@@ -206,7 +269,8 @@ def default_cache_root() -> Path:
 class DiskCache(ResultCache):
     """Files under ``root`` (default ``default_cache_root() / "results"``), bounded, LRU.
 
-    Layout: ``root/<key[:2]>/<key>.png``. Writes are atomic (a temp file in the same folder,
+    Layout: ``root/<key[:2]>/<key>.png``. :meth:`discard` deletes an entry (what
+    :func:`verified_get` does to a damaged one). Writes are atomic (a temp file in the same folder,
     then ``os.replace``), so a reader sees a whole entry or none, even with many processes. A
     hit touches the file's mtime; when the folder grows past ``max_bytes`` the entries with the
     oldest mtime are deleted until it is under ``low_water * max_bytes``. Eviction runs under an
@@ -258,6 +322,10 @@ class DiskCache(ResultCache):
             pass  # evicted meanwhile, or a read-only cache: the data is still good
         self.hits += 1
         return data
+
+    def discard(self, key: str) -> None:
+        """Delete the entry of ``key`` if there is one."""
+        _unlink(self.path_for(key))
 
     def put(self, key: str, data: bytes) -> None:
         path = self.path_for(key)

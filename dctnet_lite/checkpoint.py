@@ -17,7 +17,11 @@ up in :data:`dctnet_lite.registry.WEIGHTS` and searched for, in this order, in t
 ``$DCTNET_LITE_CHECKPOINTS`` (``os.pathsep``-separated) and in the ``checkpoints/`` folder of a
 source checkout; a file counts only when its sha256 is the table's. Any other name is looked for
 as ``<name>.safetensors`` in the ``$DCTNET_LITE_CHECKPOINTS`` folders and the checkout's
-``checkpoints/``. ``ms://<model id>`` fetches a ModelScope model directory when online.
+``checkpoints/``. ``ms://<model id>`` fetches a ModelScope model directory when the hub is
+reachable (probed first, so offline it fails at once unless ModelScope's local cache holds it).
+
+:func:`verify_checkpoint` is the full check ``dctnet-lite info`` and ``checkpoints`` run: the
+payload's sha256, and that the tensors fit the declared family and architecture.
 """
 from __future__ import annotations
 
@@ -201,6 +205,36 @@ def load_state(path: PathLike, expected: Optional[Any] = None) -> Tuple[Dict[str
         if problem:
             raise CheckpointError(problem)
     return tensors, info
+
+
+def _fit_problem(tensors: Mapping[str, torch.Tensor], info: CheckpointInfo) -> Optional[str]:
+    """What keeps ``tensors`` from loading into the declared architecture (built on the meta
+    device: no memory), or ``None``."""
+    try:
+        family = registry.get_family(info.family)
+        with torch.device("meta"):
+            own = family.build(info.arch).state_dict()
+    except Exception as e:  # a config the builder refuses
+        return f"its declared architecture cannot be built ({type(e).__name__}: {e})"
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    bad = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or unexpected or bad:
+        return (f"does not fit its declared architecture ({info.describe()}): missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, wrong shape {bad[:3]}")
+    return None
+
+
+def verify_checkpoint(path: PathLike) -> CheckpointInfo:
+    """Read a checkpoint and check everything short of running it: readable, a dctnet-lite file,
+    the payload's sha256 (:func:`load_state`) and that the tensors fit the declared family and
+    architecture. Raises :class:`CheckpointError` naming the file and what is wrong."""
+    path = Path(path)
+    tensors, info = load_state(path)
+    problem = _fit_problem(tensors, info)
+    if problem:
+        raise CheckpointError(f"{path} {problem}")
+    return info
 
 
 def load_into(model: nn.Module, path: PathLike) -> CheckpointInfo:
@@ -422,6 +456,18 @@ def _from_modelscope(model_id: str) -> Path:
     except ImportError:
         raise CheckpointError(f"fetching ModelScope model {model_id!r} needs the modelscope package: "
                               f"pip install 'dctnet-lite[modelscope]'") from None
+    from .tools.import_modelscope import hub_host, hub_reachable  # light: torch and numpy only
+
+    if not hub_reachable():  # ModelScope itself would retry for about 20 s
+        host, port = hub_host()
+        try:
+            local = snapshot_download(model_id, local_files_only=True)  # ModelScope's own cache
+        except Exception:
+            raise CheckpointError(
+                f"cannot fetch ModelScope model {model_id!r}: the hub ({host}:{port}) is not reachable "
+                f"(offline?) and it is not in ModelScope's local cache; download it where there is "
+                f"network and pass the folder or its .safetensors file instead") from None
+        return resolve(local)
     try:
         local = snapshot_download(model_id)
     except Exception as e:  # network errors come in many types
@@ -433,9 +479,27 @@ def _from_modelscope(model_id: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Listing and cards
 # ---------------------------------------------------------------------------------------------
-def checkpoint_rows() -> List[dict]:
+def _other_checkpoint_files() -> List[Path]:
+    """Every ``*.safetensors`` in :func:`checkpoint_dirs` that is not a shipped file name (first
+    folder wins on a name), readable or not."""
+    shipped_files = {n for w in registry.list_weights()
+                     for n in (w.file,) + tuple(f"{a}.safetensors" for a in w.aliases)}
+    seen, out = set(), []
+    for d in checkpoint_dirs():
+        for p in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
+            if p.name not in shipped_files and p.name not in seen:
+                seen.add(p.name)
+                out.append(p)
+    return out
+
+
+def checkpoint_rows(verify: bool = True) -> List[dict]:
     """One row per shipped weights file (found or missing) and per other checkpoint found:
-    what ``dctnet-lite checkpoints`` prints."""
+    what ``dctnet-lite checkpoints`` prints. Each row has ``status``: ``"ok"``, ``"missing"``
+    (a shipped file not on this machine) or ``"broken"`` with ``problem`` saying why: a shipped
+    name whose only candidates have another sha256 than the table's, or another checkpoint that
+    fails :func:`verify_checkpoint` (with ``verify``; else only its metadata is read). Shipped
+    files are trusted by their file sha256, which is the table's."""
     rows = []
     for w in registry.list_weights():
         loc = locate(w)
@@ -443,12 +507,20 @@ def checkpoint_rows() -> List[dict]:
         row.update(default=w.name == registry.DEFAULT_WEIGHTS, shipped=True,
                    arch_description=w.config().describe(),
                    path=str(loc.path) if loc.path else None, found_in=loc.source,
-                   how_to_get=None if loc.path else how_to_get(w))
+                   how_to_get=None if loc.path else how_to_get(w),
+                   status="ok" if loc.path else ("broken" if loc.mismatched else "missing"),
+                   problem=None if loc.path or not loc.mismatched else
+                   "sha256 differs from the weights table: " + "; ".join(loc.mismatched))
         rows.append(row)
-    for info in list_checkpoints():
-        if info.weights is None:
-            rows.append({"name": info.name, "family": info.family, "arch": None, "shipped": False,
-                         "default": False, "arch_description": info.arch.describe(),
-                         "path": str(info.path), "found_in": f"${ENV_DIRS} or the checkout",
-                         "metrics": info.metrics, "how_to_get": None})
+    for p in _other_checkpoint_files():
+        name = p.name[: -len(".safetensors")]
+        row = {"name": name, "family": None, "arch": None, "shipped": False, "default": False,
+               "arch_description": None, "path": str(p), "found_in": f"${ENV_DIRS} or the checkout",
+               "metrics": None, "how_to_get": None, "status": "ok", "problem": None}
+        try:
+            info = verify_checkpoint(p) if verify else read_info(p)
+            row.update(family=info.family, arch_description=info.arch.describe(), metrics=info.metrics)
+        except CheckpointError as e:
+            row.update(status="broken", problem=str(e))
+        rows.append(row)
     return rows

@@ -5,24 +5,35 @@ Each verb is a thin layer over a public Python function.
 The light core is imported at the top; the tools of ``dctnet_lite.tools`` and ``dctnet_lite.train``
 (and through them lightning, torch_pruning, lpips, modelscope, onnx) only inside the verbs that
 need them, so ``dctnet-lite cartoonize`` stays light.
+
+Errors: :func:`main` is the one place where an error becomes one line on stderr
+(``dctnet-lite VERB: error: ...``, exit 1), for every verb including the ones handed to another
+CLI (train, prune, eval); ``dctnet-lite --debug VERB ...`` or ``DCTNET_LITE_DEBUG=1`` prints the
+full traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 import warnings
+import zipfile
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import __version__
 from .cards import update_cards, weights_markdown
-from .checkpoint import CheckpointError, checkpoint_rows, load_state, resolve
+from .checkpoint import CheckpointError, checkpoint_rows, resolve, verify_checkpoint
 from .fileutil import atomic_write_bytes
 from .machine import machine_info
 from .model import ArchConfig
 from .profile import model_info
 from .render import ToonStyle, render_files
-from .inference import RESIZE_MODES
+from .images import DEFAULT_MAX_PIXELS, ENV_MAX_PIXELS, max_pixels_limit
+from .inference import RESIZE_MODES, DeviceUnavailable, resolve_device
+from .memory import MemoryLimitError
 from .pipeline import cartoonize_files
 from .precision import ONNX_PRECISIONS, PRECISION_CHOICES, PRECISIONS
 
@@ -31,6 +42,65 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class CLIError(Exception):
     """An error to print as one clear line, without a traceback."""
+
+
+#: Environment variable: ``1`` prints the full traceback of an error (as ``--debug`` does).
+ENV_DEBUG = "DCTNET_LITE_DEBUG"
+#: Errors of a known kind: their message is the line (anything else is named by its type too).
+KNOWN_ERRORS = (CLIError, CheckpointError, DeviceUnavailable, MemoryLimitError, ValueError, OSError,
+                MemoryError)
+#: Known errors of packages imported lazily (by class name: Lightning's configuration errors).
+KNOWN_ERROR_NAMES = {"MisconfigurationException"}
+
+
+def _check_device(device: str) -> None:
+    """``--device``: one line when it does not exist here (before any model is loaded)."""
+    if device is not None and str(device) != "auto":
+        resolve_device(device)
+
+
+def check_torch_checkpoint(path, what: str = "checkpoint") -> Path:
+    """A training checkpoint (``torch.save``'s zip archive, as Lightning writes) that exists and
+    whose archive is whole (every entry's CRC checked): else :class:`CLIError` naming the file.
+    Nothing is unpickled here."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CLIError(f"{what} {p}: no such file")
+    if not p.is_file():
+        raise CLIError(f"{what} {p}: not a file")
+    try:
+        if not zipfile.is_zipfile(p):
+            raise CLIError(f"{what} {p}: not a PyTorch/Lightning checkpoint (no zip archive: truncated, "
+                           f"damaged or another format)")
+        with zipfile.ZipFile(p) as zf:
+            names = zf.namelist()
+            if not any(n.endswith("data.pkl") for n in names):
+                raise CLIError(f"{what} {p}: not a PyTorch/Lightning checkpoint (a zip archive without data.pkl)")
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        raise CLIError(f"{what} {p}: a damaged checkpoint archive ({e})") from None
+    except OSError as e:
+        raise CLIError(f"{what} {p}: cannot be read ({e.strerror or e})") from None
+    if bad is not None:
+        raise CLIError(f"{what} {p}: damaged: the archive entry {bad} fails its CRC check")
+    return p
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def error_line(e: BaseException) -> str:
+    """The one line an error is printed as (without the ``dctnet-lite VERB: error:`` prefix):
+    its message for a known kind of error, else its type and message and how to see the
+    traceback."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, KNOWN_ERRORS + (KeyError,)) or type(e).__name__ in KNOWN_ERROR_NAMES:
+        return _first_line(e)
+    return f"{type(e).__name__}: {_first_line(e)} (run with --debug or {ENV_DEBUG}=1 for the traceback)"
 
 
 def _add_cartoonize(sub) -> None:
@@ -56,6 +126,9 @@ def _add_cartoonize(sub) -> None:
                    help="where --size scaling runs: host (Pillow Lanczos), device (bicubic, "
                         "antialiased, on the model's device); auto (default): device on CUDA")
     p.add_argument("--overwrite-inputs", action="store_true", help="allow an output to replace an input")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help=f"refuse images above N pixels (width x height), from the file's header "
+                        f"(default ${ENV_MAX_PIXELS}, else {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--cache", nargs="?", const="disk", default=None, metavar="DIR",
                    help="reuse the results of repeated requests from a result cache in DIR "
@@ -72,9 +145,36 @@ def _add_cartoonize(sub) -> None:
     p.set_defaults(func=_cmd_cartoonize)
 
 
+def _pillow_limit(max_pixels):
+    """Let Pillow open what our own limit allows (its bomb check refuses above about 179 MP)."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels_limit(max_pixels)
+    if limit is None:
+        Image.MAX_IMAGE_PIXELS = None
+    elif previous is not None and limit > previous:
+        Image.MAX_IMAGE_PIXELS = limit
+    return previous
+
+
 def _cmd_cartoonize(a) -> int:
+    from PIL import Image
+
     if not 0.0 <= a.strength <= 1.0:
         raise CLIError(f"--strength must lie in [0, 1], got {a.strength}")
+    if a.max_pixels is not None and a.max_pixels < 0:
+        raise CLIError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
+    previous = _pillow_limit(a.max_pixels)
+    try:
+        with warnings.catch_warnings():  # our pixel limit decides; Pillow's bomb warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _run_cartoonize(a)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _run_cartoonize(a) -> int:
     if (a.devices or 1) > 1 or a.num_nodes > 1 or a.strategy:
         from .tools.predict import predict_files
 
@@ -92,15 +192,19 @@ def _cmd_cartoonize(a) -> int:
         if report.global_rank != 0:  # every rank has the whole report; rank 0 prints it
             return EXIT_FAILED if report.failed else EXIT_OK
     else:
+        _check_device(a.device)
         report = cartoonize_files(a.inputs, a.output, checkpoint=a.checkpoint, strength=a.strength,
                                   size=a.size, device=a.device, precision=a.precision,
                                   batch_size=a.batch_size, tile=a.tile, ext="." + a.format,
                                   overwrite_inputs=a.overwrite_inputs, cache=a.cache,
-                                  workers=a.workers, png_level=a.png_level, resize=a.resize)
+                                  workers=a.workers, png_level=a.png_level, resize=a.resize,
+                                  max_pixels=a.max_pixels)
     if a.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(f"wrote {len(report.ok)} image(s) to {a.output} in {report.seconds:.2f} s")
+    for path, note in getattr(report, "warnings", []):
+        print(f"WARNING {path}: {note}", file=sys.stderr)
     for path, why in report.failed:
         print(f"FAILED {path}: {why}", file=sys.stderr)
     if report.failed:
@@ -124,7 +228,9 @@ def _cmd_info(a) -> int:
 
     ckpt = None
     if a.checkpoint:
-        ckpt = load_state(resolve(a.checkpoint))[1]  # verified, and named when it is shipped weights
+        # the sha256 of its tensors and that they fit the declared architecture: a broken file
+        # is an error (exit 1), never printed as if valid
+        ckpt = verify_checkpoint(resolve(a.checkpoint))
         arch = ckpt.arch
     elif a.arch:
         arch = a.arch
@@ -167,14 +273,20 @@ def _cmd_checkpoints(a) -> int:
         print(weights_markdown())
         return EXIT_OK
     rows = checkpoint_rows()
+    broken = [r for r in rows if r.get("status") == "broken"]
     if a.json:
         print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    for r in rows:
-        where = r["path"] or "MISSING (" + r["how_to_get"] + ")"
-        default = " (default)" if r.get("default") else ""
-        print(f"{r['name'] + default:<26} {r['family']:<8} {r['arch_description']:<34} {where}")
-    return EXIT_OK
+    else:
+        for r in rows:
+            if r.get("status") == "broken":
+                where = f"BROKEN {r['path'] or ''}".rstrip()
+            else:
+                where = r["path"] or "MISSING (" + r["how_to_get"] + ")"
+            default = " (default)" if r.get("default") else ""
+            print(f"{r['name'] + default:<26} {r['family'] or '-':<8} {r['arch_description'] or '-':<34} {where}")
+    for r in broken:
+        print(f"dctnet-lite checkpoints: BROKEN {r['name']}: {r['problem']}", file=sys.stderr)
+    return EXIT_FAILED if broken else EXIT_OK
 
 
 def _add_variant_args(p, default_precisions: List[str]) -> None:
@@ -235,6 +347,7 @@ def _cmd_bench(a) -> int:
     from .tools.bench import bench, file_to_file, format_file_to_file, format_table
 
     targets = _variant_targets(a)
+    _check_device(a.device)
     result = bench(targets, resolutions=a.resolutions, batches=a.batch, precisions=a.precision,
                    backends=a.backend, device=a.device, threads=a.threads, warmup=a.warmup,
                    repeats=a.repeats, cold_start=not a.no_cold_start, progress=sys.stderr.isatty())
@@ -269,6 +382,7 @@ def _add_accuracy(sub) -> None:
 def _cmd_accuracy(a) -> int:
     from .tools.accuracy import format_accuracy, variant_accuracy
 
+    _check_device(a.device)
     results = [variant_accuracy(t, a.images, precisions=a.precision, backends=a.backend, device=a.device,
                                 size=a.size, limit=a.limit, strength=a.strength, lpips=not a.no_lpips,
                                 split=a.split) for t in _variant_targets(a)]
@@ -311,12 +425,23 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a) -> int:
-    from pathlib import Path
+    import pickle
 
     from .train.export import export_checkpoint
 
-    metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
-    info = export_checkpoint(a.ckpt, a.output, dtype=a.dtype, use_ema=not a.no_ema, metrics=metrics)
+    check_torch_checkpoint(a.ckpt, "training checkpoint")
+    try:
+        metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--metrics {a.metrics}: not a readable JSON file ({_first_line(e)})") from None
+    try:
+        info = export_checkpoint(a.ckpt, a.output, dtype=a.dtype, use_ema=not a.no_ema, metrics=metrics)
+    except CheckpointError:
+        raise
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, AttributeError, TypeError,
+            IndexError) as e:  # torch.load(weights_only=True) refusing or failing on the file
+        raise CLIError(f"training checkpoint {a.ckpt}: cannot be exported ({type(e).__name__}: "
+                       f"{_first_line(e)})") from None
     print(f"wrote {info.path} ({info.arch.describe()}, {info.dtype}, "
           f"{info.provenance.get('steps')} steps, weights: {info.provenance.get('weights')})")
     return EXIT_OK
@@ -450,27 +575,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Lightning's own values of ``--ckpt_path`` (not files)
+_CKPT_PATH_WORDS = {"last", "best", "hpc", "registry", "null", "none"}
+
+
+def _check_passthrough(verb: str, argv: List[str]) -> None:
+    """What the CLI layer checks before handing a verb to another CLI: a ``train --ckpt_path``
+    that names a file must be a whole PyTorch checkpoint (one line now, not a traceback after
+    the model and data are built)."""
+    if verb != "train":
+        return
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            value = arg.split("=", 1)[1]
+        if value and value.lower() not in _CKPT_PATH_WORDS and not value.startswith("registry:"):
+            check_torch_checkpoint(value, "--ckpt_path")
+
+
+def _debug_requested(argv: List[str]) -> bool:
+    """``--debug`` before the verb (removed from ``argv``) or ``$DCTNET_LITE_DEBUG`` set."""
+    debug = os.environ.get(ENV_DEBUG, "").strip().lower() not in ("", "0", "false", "no")
+    while argv and argv[0] == "--debug":
+        argv.pop(0)
+        debug = True
+    return debug
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in PASSTHROUGH:
-        import importlib
-
-        module, func, _ = PASSTHROUGH[argv[0]]
-        return getattr(importlib.import_module(module), func)(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-
+    debug = _debug_requested(argv)
+    verb = argv[0] if argv else ""
     # deprecation notes (old checkpoint names) as one line each, not a source excerpt; restored
     # afterwards, so a caller of main() (a test, a script) keeps its own warning format
     previous = warnings.formatwarning
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"dctnet-lite: {cat.__name__}: {msg}\n"
     try:
+        if verb in PASSTHROUGH:
+            import importlib
+
+            _check_passthrough(verb, argv[1:])
+            module, func, _ = PASSTHROUGH[verb]
+            return getattr(importlib.import_module(module), func)(argv[1:])
+        args = build_parser().parse_args(argv)
+        verb = args.verb
         return args.func(args)
-    except (CLIError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"dctnet-lite {args.verb}: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyError as e:  # unknown registry names: the message is the first argument
-        print(f"dctnet-lite {args.verb}: error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # the one place an error becomes one line
+        if debug:
+            traceback.print_exc()
+        print(f"dctnet-lite {verb}: error: {error_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         warnings.formatwarning = previous

@@ -2,8 +2,13 @@
 
 The same code serves CPU and CUDA. Pre- and post-processing (uint8 -> float, normalisation,
 tanh output -> uint8, and on CUDA the resize to ``size``) run on the model's device. Images too
-large for memory are processed in overlapping tiles blended with linear ramps; on CUDA an
-out-of-memory error falls back to tiles.
+large for memory are processed in overlapping tiles blended with linear ramps: before a call the
+memory it needs is estimated and compared with what the device has (:mod:`dctnet_lite.memory`),
+so it runs whole, in tiles small enough, or is refused with
+:class:`~dctnet_lite.memory.MemoryLimitError`; on CUDA an out-of-memory error also falls back to
+tiles. ``size``, ``tile`` and batches have upper bounds (:data:`~dctnet_lite.images.MAX_SIZE`,
+:data:`MAX_TILE`, :data:`MAX_BATCH`) and every image, decoded or as ``size`` would make it, must
+stay within the pixel limit (:func:`~dctnet_lite.images.max_pixels_limit`).
 On CUDA the defaults are the fast path: bf16 (where native), channels_last and cuDNN autotuning;
 ``compile=True`` and ``cuda_graphs=True`` add shape buckets (see :mod:`dctnet_lite.fastpath`).
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -29,10 +35,12 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from . import images as imio
-from .cache import cache_key, decode_png, encode_png, file_image_bytes, open_cache, pixel_image_bytes
+from .cache import (cache_key, decode_png, encode_png, file_image_bytes, open_cache, pixel_image_bytes,
+                    verified_get)
 from .checkpoint import default_checkpoint, load, payload_digest
 from .fastpath import GraphRunner, bucket_shape, normalize_buckets, resolve_precision
 from .images import target_size
+from .memory import MemoryModel, available_bytes
 from .model import pad_to_shape
 from .precision import PRECISIONS, check_precision
 
@@ -40,15 +48,30 @@ from .precision import PRECISIONS, check_precision
 CPU_MAX_PIXELS = 2048 * 2048
 DEFAULT_TILE = 1024
 MIN_TILE = 128
+#: The largest ``tile`` (px) and batch a call accepts.
+MAX_TILE = 8192
+MAX_BATCH = 256
 RESIZE_MODES = ("auto", "host", "device")
+
+
+class DeviceUnavailable(RuntimeError):
+    """The device asked for does not exist on this machine."""
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise DeviceUnavailable(f"unknown device {str(device)!r} (give auto, cpu, cuda or cuda:N): "
+                                f"{str(e).splitlines()[0]}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available on this machine")
+        raise DeviceUnavailable(f"device {str(device)!r} was asked for but CUDA is not available on this "
+                                f"machine (torch {torch.__version__}); use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(f"device {str(device)!r} was asked for but this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -70,6 +93,8 @@ class Prepared(NamedTuple):
     alpha: Optional[np.ndarray]
     kind: str
     hw: Tuple[int, int]
+    #: warnings about the input (e.g. only the first frame of an animation was read)
+    notes: Tuple[str, ...] = ()
 
     def finish(self, rgb: np.ndarray):
         """The (H, W, 3) uint8 result of this input in the input's kind: a PIL image (RGBA when
@@ -125,18 +150,26 @@ class Cartoonizer:
             upload), ``"device"`` (after the upload, antialiased bicubic on the model's device:
             :func:`resize_on_device`), ``"auto"`` (device on CUDA, host on CPU). Both filters give
             nearly the same pixels; the choice is part of the result-cache key.
+        max_pixels: the pixel limit of an input, decoded or as ``size`` makes it (``None``:
+            ``$DCTNET_LITE_MAX_PIXELS`` or 64 MP; ``0``: none). A file over it is refused from
+            its header, before it is decoded.
+
+    ``tile_progress``: an optional ``callable(done, total)`` called after each tile of a tiled
+    call (the file pipeline's progress bar sets it).
     """
 
     def __init__(self, checkpoint: Union[str, os.PathLike, nn.Module, None] = None, *,
                  device: Union[str, torch.device] = "auto", precision: str = "auto",
                  channels_last: Optional[bool] = None, compile: bool = False,
                  tile: Optional[int] = None, tile_overlap: int = 64, cache=None,
-                 cuda_graphs: bool = False, buckets=None, resize: str = "auto"):
+                 cuda_graphs: bool = False, buckets=None, resize: str = "auto", max_pixels=None):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
         check_precision(precision)
-        if tile is not None and tile < 16:
-            raise ValueError(f"tile must be at least 16 pixels, got {tile}")
+        if tile is not None and not 16 <= tile <= MAX_TILE:
+            raise ValueError(f"tile must lie in 16..{MAX_TILE} pixels, got {tile}")
+        self.max_pixels = imio.max_pixels_limit(max_pixels)
+        self.tile_progress = None
         if tile_overlap < 0:
             raise ValueError(f"tile_overlap must be >= 0, got {tile_overlap}")
         self.device = resolve_device(device)
@@ -165,6 +198,7 @@ class Cartoonizer:
         self.load_seconds = time.perf_counter() - t0
         self.cache = open_cache(cache)
         self._weights_sha256: Optional[str] = None
+        self.memory = MemoryModel(self.model, self.dtype, self.channels_last)
 
     # -------------------------------------------------------------------- tensors
     @torch.inference_mode()
@@ -177,6 +211,7 @@ class Cartoonizer:
         tile = self.tile
         if tile is None and self.device.type == "cpu" and h * w > CPU_MAX_PIXELS:
             tile = DEFAULT_TILE
+        tile = self.memory_plan(x.shape[0], h, w, tile)
         if tile is not None and (h > tile or w > tile):
             y = self._tiled(x, strength, tile)
         else:
@@ -185,6 +220,15 @@ class Cartoonizer:
             except torch.cuda.OutOfMemoryError:
                 y = self._oom_fallback(x, strength)
         return ((y.float() + 1) * 0.5).clamp_(0, 1)
+
+    def memory_plan(self, batch: int, h: int, w: int, tile: Optional[int] = None) -> Optional[int]:
+        """The tile a (batch, 3, h, w) call runs in: ``tile`` (``None``: whole) when the estimate
+        fits the memory available on the device, else the largest smaller tile that does; raises
+        :class:`~dctnet_lite.memory.MemoryLimitError` when none does (see :mod:`dctnet_lite.memory`)."""
+        if batch > MAX_BATCH:
+            raise ValueError(f"a batch of {batch} images is above the limit of {MAX_BATCH}")
+        return self.memory.plan(batch, h, w, tile, available=available_bytes(self.device),
+                                default_tile=DEFAULT_TILE, min_tile=MIN_TILE, where=str(self.device))
 
     def _infer(self, x: torch.Tensor, strength) -> torch.Tensor:
         """One network call: padded to its bucket and cropped back when bucketing, through the
@@ -215,13 +259,18 @@ class Cartoonizer:
         stride = tile - overlap
         out = torch.zeros(b, 3, h, w, device=x.device, dtype=torch.float32)
         weight = torch.zeros(1, 1, h, w, device=x.device, dtype=torch.float32)
-        for top in _starts(h, tile, stride):
-            for left in _starts(w, tile, stride):
+        tops, lefts = _starts(h, tile, stride), _starts(w, tile, stride)
+        done, total = 0, len(tops) * len(lefts)
+        for top in tops:
+            for left in lefts:
                 th, tw = min(tile, h), min(tile, w)
                 y = self._infer(x[..., top:top + th, left:left + tw], strength).float()
                 m = _ramp(th, overlap, x.device, torch.float32)[:, None] * _ramp(tw, overlap, x.device, torch.float32)[None, :]
                 out[..., top:top + th, left:left + tw] += y * m
                 weight[..., top:top + th, left:left + tw] += m
+                done += 1
+                if self.tile_progress is not None:
+                    self.tile_progress(done, total)
         return out / weight
 
     # -------------------------------------------------------------------- images
@@ -231,10 +280,13 @@ class Cartoonizer:
         is on the device (then :meth:`run_uint8` scales it). ``pin``: page-locked host memory
         when the device is CUDA (a reader thread pays for it). Raises
         :class:`~dctnet_lite.images.ImageReadError` for a file that cannot be read."""
+        notes: Tuple[str, ...] = ()
         if isinstance(image, (str, os.PathLike)):
-            rgb, alpha = imio.read_image(image)
+            rgb, alpha, notes = imio.decode_image(image, self.max_pixels if self.max_pixels else 0)
             kind = "pil"
         elif isinstance(image, Image.Image):
+            imio.check_not_empty(image.height, image.width)
+            imio.check_pixels(image.width, image.height, self.max_pixels, "the image")
             rgb, alpha = imio.split_alpha(ImageOps.exif_transpose(image))
             kind = "pil"
         elif isinstance(image, np.ndarray):
@@ -243,13 +295,18 @@ class Cartoonizer:
         else:
             raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image, "
                             f"HxWxC uint8 array or a tensor")
+        if kind == "array":
+            imio.check_pixels(rgb.shape[1], rgb.shape[0], self.max_pixels, "the image array")
         tw, th = target_size(rgb.shape[1], rgb.shape[0], size)
+        if size is not None:
+            where = f"{image}: " if isinstance(image, (str, os.PathLike)) else ""
+            imio.check_pixels(tw, th, self.max_pixels, f"{where}the output at size {size}")
         if self.resize == "host":
             rgb = imio.resize_rgb(rgb, size)
         t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
         if pin and self.device.type == "cuda":
             t = t.pin_memory()
-        return Prepared(t, alpha, kind, (th, tw))
+        return Prepared(t, alpha, kind, (th, tw), tuple(notes))
 
     @torch.inference_mode()
     def run_uint8(self, batch: Union[torch.Tensor, Sequence[torch.Tensor]], strength=1.0,
@@ -302,7 +359,7 @@ class Cartoonizer:
             key = self.cache_key(file_image_bytes(path), strength, size)
         except OSError:
             return None, None
-        return key, self.cache.get(key)
+        return key, verified_get(self.cache, key)
 
     def cache_store(self, key: Optional[str], result) -> None:
         """Store a finished result (PIL image or array) under ``key`` (a no-op for ``None``)."""
@@ -320,10 +377,12 @@ class Cartoonizer:
             if self.cache is not None and key is None:  # in-memory input: keyed on its pixels
                 key = self.cache_key(pixel_image_bytes(p.pixels[0].permute(1, 2, 0).numpy(), p.alpha),
                                      strength, size)
-                hit = self.cache.get(key)
+                hit = verified_get(self.cache, key)
         if hit is not None:
             img = decode_png(hit)
             return np.array(img) if kind == "array" else img
+        for note in p.notes:
+            warnings.warn(f"{image}: {note}", UserWarning, stacklevel=3)
         out = p.finish(self.run_uint8(p.pixels, strength, p.hw)[0])
         self.cache_store(key, out)
         return out
@@ -333,9 +392,14 @@ class Cartoonizer:
         x = t[None] if single else t
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"tensor input must be (3,H,W) or (B,3,H,W), got {tuple(t.shape)}")
+        if x.shape[0] < 1:
+            raise ValueError(f"the tensor holds no image (shape {tuple(t.shape)})")
+        imio.check_not_empty(x.shape[-2], x.shape[-1], f"the image tensor (shape {tuple(t.shape)})")
+        imio.check_pixels(x.shape[-1], x.shape[-2], self.max_pixels, "the image tensor")
         x = x.float() / 255 if x.dtype == torch.uint8 else x
         if size is not None:
             tw, th = target_size(x.shape[-1], x.shape[-2], size)
+            imio.check_pixels(tw, th, self.max_pixels, f"the output at size {size}")
             x = F.interpolate(x, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
         y = self.forward(x, strength).to(t.device).clone()  # a normal tensor, not an inference one
         return y[0] if single else y
@@ -344,6 +408,9 @@ class Cartoonizer:
               batch_size: int = 8) -> list:
         """Cartoonize many images; neighbours of the same network size run as one batch."""
         prepared = [self.prepare(im, size) for im in images]
+        for im, p in zip(images, prepared):
+            for note in p.notes:
+                warnings.warn(f"{im}: {note}", UserWarning, stacklevel=2)
         results: list = [None] * len(prepared)
         for idx in same_shape_runs([p.hw for p in prepared], batch_size):
             out = self.run_uint8([prepared[i].pixels for i in idx], strength, prepared[idx[0]].hw)

@@ -11,8 +11,12 @@ threads read and decode the next images (:meth:`~dctnet_lite.inference.Cartooniz
 CUDA also page-locking them) ahead of the network, neighbours of the same size run as one batch
 (:meth:`~dctnet_lite.inference.Cartoonizer.run_uint8`) in the calling thread, and writer threads
 encode and write the finished ones, atomically. A repeated file can be a result-cache hit
-(:meth:`~dctnet_lite.inference.Cartoonizer.cache_lookup`): its stored PNG is written as it is.
-The report keeps the input order whatever the threads do.
+(:meth:`~dctnet_lite.inference.Cartoonizer.cache_lookup`): its stored PNG is written as it is
+(re-encoded when the PNG level asked for is not the cache's). The report keeps the input order
+whatever the threads do; its ``warnings`` hold notes on inputs that were written (e.g. only the
+first frame of an animated GIF). Before writing, stale temp files of killed earlier runs are
+removed from the output folders (:func:`~dctnet_lite.fileutil.remove_stale_temps`), and the
+progress bar moves per tile when an image runs in tiles.
 """
 from __future__ import annotations
 
@@ -29,23 +33,25 @@ import numpy as np
 import torch
 
 from . import images as imio
-from .cache import decode_png
-from .fileutil import atomic_write_bytes
-from .inference import Cartoonizer, Prepared
+from .cache import CACHE_PNG_LEVEL, decode_png
+from .fileutil import atomic_write_bytes, remove_stale_temps
+from .inference import MAX_BATCH, Cartoonizer, Prepared
 from .model import strength_vector
 
 
 @dataclasses.dataclass
 class FilesReport:
-    """What :func:`cartoonize_files` did: outputs written and inputs that failed."""
+    """What :func:`cartoonize_files` did: outputs written, inputs that failed, and warnings
+    (input, note) about inputs that were written (e.g. only the first frame of an animation)."""
 
     ok: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     failed: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    warnings: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"ok": [list(x) for x in self.ok], "failed": [list(x) for x in self.failed],
-                "seconds": round(self.seconds, 3)}
+                "warnings": [list(x) for x in self.warnings], "seconds": round(self.seconds, 3)}
 
 
 @dataclasses.dataclass
@@ -66,15 +72,19 @@ class FilesPlan:
         return time.perf_counter() - self.started
 
 
-def plan_files(inputs: Iterable, out_dir, *, ext: str = ".png", overwrite_inputs: bool = False,
-               batch_size: int = 1, png_level: int = imio.DEFAULT_PNG_LEVEL,
-               strength: float = 1.0) -> FilesPlan:
+def plan_files(inputs: Union[str, os.PathLike, Iterable], out_dir, *, ext: str = ".png",
+               overwrite_inputs: bool = False, batch_size: int = 1,
+               png_level: int = imio.DEFAULT_PNG_LEVEL, strength: float = 1.0,
+               size: Optional[int] = None) -> FilesPlan:
     """Check the settings every file runner shares and map the inputs to outputs.
 
-    ``inputs``: files, folders (recursive; the inner structure is kept under ``out_dir``) and
-    glob patterns; ``ext``: output extension, with or without the dot. ``batch_size`` (>= 1),
-    ``png_level`` (0-9) and ``strength`` (in [0, 1]) are only checked here. Raises ValueError for a bad setting; a missing
-    input or a refused output is not an error but a ``failed`` entry of the plan.
+    ``inputs``: one path (a ``str`` or path-like is one input) or an iterable of files, folders
+    (recursive; the inner structure is kept under ``out_dir``) and glob patterns, each file once
+    (see :func:`~dctnet_lite.images.expand_inputs`); ``ext``: output extension, with or without
+    the dot. ``batch_size`` (1..:data:`~dctnet_lite.inference.MAX_BATCH`), ``png_level`` (0-9),
+    ``strength`` (in [0, 1]) and ``size`` (``None`` or 1..:data:`~dctnet_lite.images.MAX_SIZE`)
+    are only checked here. Raises ValueError for a bad setting; a missing input, a folder that
+    cannot be listed or a refused output is not an error but a ``failed`` entry of the plan.
     """
     started = time.perf_counter()
     ext = str(ext)
@@ -82,8 +92,11 @@ def plan_files(inputs: Iterable, out_dir, *, ext: str = ".png", overwrite_inputs
         ext = "." + ext
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
+    if batch_size > MAX_BATCH:
+        raise ValueError(f"batch_size must be at most {MAX_BATCH}, got {batch_size}")
     if not 0 <= int(png_level) <= 9:
         raise ValueError(f"png_level must be in 0..9, got {png_level}")
+    imio.check_size(size)
     strength_vector(strength, 1)  # the one strength rule: a clear error before any file is read
     found, missing = imio.expand_inputs(inputs)
     jobs, refused = imio.plan_outputs(found, out_dir, ext, overwrite_inputs)
@@ -99,16 +112,35 @@ def default_workers(device: Union[str, torch.device]) -> int:
     return 1
 
 
+#: The most reader/writer threads a pipeline takes (each holds an image in memory).
+MAX_WORKERS = 64
+
+
+def _check_workers(workers) -> None:
+    if workers is not None and not 0 <= int(workers) <= MAX_WORKERS:
+        raise ValueError(f"workers must lie in 0..{MAX_WORKERS}, got {workers}")
+
+
 class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.n, self.t0 = total, enabled and total > 0, 0, time.perf_counter()
+        self.label = ""
+
+    def _line(self, extra: str = "") -> None:
+        rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
+        sys.stderr.write(f"\r[{self.n}/{self.total}] {rate:.2f} img/s {self.label[-40:]:<40}{extra}")
+        sys.stderr.flush()
 
     def update(self, label: str) -> None:
         self.n += 1
+        self.label = label
         if self.enabled:
-            rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
-            sys.stderr.write(f"\r[{self.n}/{self.total}] {rate:.2f} img/s {label[-40:]:<40}")
-            sys.stderr.flush()
+            self._line(" " * 16)
+
+    def tile(self, done: int, total: int) -> None:
+        """One more tile of the image now in the network (a tiled image moves the bar per tile)."""
+        if self.enabled:
+            self._line(f" tile {done}/{total}".ljust(16))
 
     def close(self) -> None:
         if self.enabled:
@@ -149,6 +181,10 @@ class FilesPipeline:
                  png_level: int = imio.DEFAULT_PNG_LEVEL, progress: Optional[bool] = None):
         if workers is not None and int(workers) < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
+        _check_workers(workers)
+        if not 1 <= int(batch_size) <= MAX_BATCH:
+            raise ValueError(f"batch_size must lie in 1..{MAX_BATCH}, got {batch_size}")
+        imio.check_size(size)
         self.cz = cartoonizer
         self.strength, self.size, self.batch_size, self.png_level = strength, size, batch_size, png_level
         self.workers = default_workers(cartoonizer.device) if workers is None else int(workers)
@@ -156,16 +192,17 @@ class FilesPipeline:
         self.progress = sys.stderr.isatty() if progress is None else progress
 
     # ------------------------------------------------------------------ thread tasks
-    def _read(self, src: Path) -> Tuple[Optional[str], Optional[bytes], Optional[Prepared]]:
-        """(cache key, cached PNG bytes, None) on a hit, else (cache key, None, Prepared)."""
+    def _read(self, src: Path) -> Tuple[Optional[str], Optional[bytes], Tuple[str, ...], Optional[Prepared]]:
+        """(cache key, cached PNG bytes, notes, None) on a hit, else (cache key, None, notes, Prepared)."""
         key, hit = self.cz.cache_lookup(src, self.strength, self.size)
         if hit is not None:
-            return key, hit, None
-        return key, None, self.cz.prepare(src, self.size, pin=True)
+            return key, hit, imio.file_notes(src), None
+        prep = self.cz.prepare(src, self.size, pin=True)
+        return key, None, prep.notes, prep
 
     def _write_hit(self, dst: Path, hit: bytes) -> None:
-        if dst.suffix.lower() == ".png":
-            atomic_write_bytes(dst, hit)
+        if dst.suffix.lower() == ".png" and int(self.png_level) == CACHE_PNG_LEVEL:
+            atomic_write_bytes(dst, hit)  # the very bytes a miss writes at this level
         else:
             imio.save_image(decode_png(hit), dst, png_level=self.png_level)
 
@@ -186,8 +223,11 @@ class FilesPipeline:
         self._reads: collections.deque = collections.deque()
         self._writes: collections.deque = collections.deque()
         self._pending: List[Tuple[Path, Path, Prepared, Optional[str]]] = []
+        for folder in sorted({dst.parent for _, dst in plan.jobs}):
+            remove_stale_temps(folder)  # left by earlier runs killed mid-write
         self._readers = _pool(self.workers, "dctnet-read")
         self._writers = _pool(self.workers, "dctnet-write")
+        previous_hook, self.cz.tile_progress = self.cz.tile_progress, self._bar.tile
         try:
             self._read_ahead()
             while self._reads:
@@ -198,6 +238,7 @@ class FilesPipeline:
             self._flush()
             self._collect_writes(keep=0)
         finally:
+            self.cz.tile_progress = previous_hook
             self._readers.shutdown(wait=True, cancel_futures=True)
             self._writers.shutdown(wait=True, cancel_futures=True)
         self._bar.close()
@@ -213,11 +254,16 @@ class FilesPipeline:
     def _take(self, src: Path, dst: Path, fut: cf.Future) -> None:
         """One read image: failed, a cache hit to write, or joins the pending batch."""
         try:
-            key, hit, prep = fut.result()
+            key, hit, notes, prep = fut.result()
         except (imio.ImageReadError, ValueError) as e:
             self._report.failed.append((str(src), str(e)))
             self._bar.update(src.name)
             return
+        except (OSError, MemoryError) as e:
+            self._report.failed.append((str(src), f"could not read it: {type(e).__name__}: {e}"))
+            self._bar.update(src.name)
+            return
+        self._report.warnings += [(str(src), note) for note in notes]
         if hit is not None:  # a cached result: its PNG bytes as they are, or re-encoded
             self._writes.append((src, dst, self._writers.submit(self._write_hit, dst, hit)))
             return
@@ -251,7 +297,7 @@ class FilesPipeline:
             try:
                 fut.result()
                 self._report.ok.append((str(src), str(dst)))
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, MemoryError) as e:
                 self._report.failed.append((str(src), f"could not write {dst}: {e}"))
             self._bar.update(src.name)
 
@@ -262,7 +308,7 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
                      overwrite_inputs: bool = False, progress: Optional[bool] = None,
                      cartoonizer: Optional[Cartoonizer] = None, cache=None,
                      workers: Optional[int] = None, png_level: int = imio.DEFAULT_PNG_LEVEL,
-                     resize: str = "auto") -> FilesReport:
+                     resize: str = "auto", max_pixels=None) -> FilesReport:
     """Cartoonize files, folders and globs into ``out_dir``.
 
     A file that cannot be read or written is reported in ``FilesReport.failed`` and the batch
@@ -277,17 +323,23 @@ def cartoonize_files(inputs: Iterable, out_dir, *, checkpoint=None, strength: fl
     Results and the report's order do not depend on it. ``png_level``: zlib level of PNG
     outputs, 0-9 (Pillow's default 6; 1 encodes about 3x faster for about 20 % larger files).
     ``resize``: where images are scaled to ``size`` (see :class:`~dctnet_lite.inference.Cartoonizer`;
-    like ``cache``, ignored when ``cartoonizer`` is given). The setup is :func:`plan_files`, the
-    run :class:`FilesPipeline`.
+    like ``cache``, ignored when ``cartoonizer`` is given). ``max_pixels``: the pixel limit of an
+    input (see :func:`~dctnet_lite.images.max_pixels_limit`: ``None`` is
+    ``$DCTNET_LITE_MAX_PIXELS`` or 64 MP, ``0`` none; ignored with ``cartoonizer``): a file above
+    it fails from its header, undecoded. The setup is :func:`plan_files`, the run
+    :class:`FilesPipeline`.
     """
     if workers is not None and int(workers) < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    _check_workers(workers)
+    if cartoonizer is None:
+        imio.max_pixels_limit(max_pixels)  # a bad limit is an error before any file is read
     plan = plan_files(inputs, out_dir, ext=ext, overwrite_inputs=overwrite_inputs,
-                      batch_size=batch_size, png_level=png_level, strength=strength)
+                      batch_size=batch_size, png_level=png_level, strength=strength, size=size)
     report = FilesReport(failed=list(plan.failed))
     if plan.jobs:
         cz = cartoonizer or Cartoonizer(checkpoint, device=device, precision=precision, tile=tile,
-                                        cache=cache, resize=resize)
+                                        cache=cache, resize=resize, max_pixels=max_pixels)
         FilesPipeline(cz, strength=strength, size=size, batch_size=batch_size, workers=workers,
                       png_level=png_level, progress=progress).run(plan, report)
     report.seconds = plan.seconds()
