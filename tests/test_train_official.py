@@ -227,6 +227,13 @@ def test_student_from_a_non_uniform_official_checkpoint_keeps_its_table(photos, 
     argv = recipe("teacher_official.yaml", "teacher_official_cpu.yaml") + small(photos, run, 2) + [
         "--model.init_checkpoint", str(parent)]
     assert train_main(argv) == 0
+    # resume (step, optimizer) continues the same non-uniform student
+    resumed = argv[:argv.index("--trainer.max_steps")] + ["--trainer.max_steps", "4"] \
+        + argv[argv.index("--trainer.max_steps") + 2:] + ["--ckpt_path", "last"]
+    assert train_main(resumed) == 0
+    state = ckpt(run / "checkpoints" / "last.ckpt")
+    assert state["global_step"] == 4 and int(state["optimizer_states"][0]["state"][0]["step"]) == 4
+    assert state["dctnet_lite"]["arch"] == cfg.to_dict() and state["dctnet_lite"]["family"] == "official"
     model = load(export_checkpoint(str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "out.safetensors")).path)
     assert isinstance(model, OfficialGenerator) and model.config.widths == TABLE and not model.config.is_uniform
     assert model.conv_in.out_channels == 8 and model.enc1a.out_channels == 6 and model.blocks[0].conv1.out_channels == 20
