@@ -38,7 +38,7 @@ from . import images as imio
 from .cache import (cache_key, decode_png, encode_png, file_image_bytes, open_cache, pixel_image_bytes,
                     verified_get)
 from .checkpoint import default_checkpoint, load, payload_digest
-from .fastpath import GraphRunner, bucket_shape, normalize_buckets, resolve_precision
+from .fastpath import GraphRunner, bucket_shape, normalize_buckets, resolve_precision, retain_cpu_memory
 from .images import target_size
 from .memory import MemoryModel, available_bytes
 from .model import pad_to_shape
@@ -154,6 +154,12 @@ class Cartoonizer:
             ``$DCTNET_LITE_MAX_PIXELS`` or 64 MP; ``0``: none). A file over it is refused from
             its header, before it is decoded.
 
+        retain_memory: on CPU, keep freed activation memory in the process for the next call
+            instead of returning it to the kernel (no page faults per call: a quarter of a
+            1024 px call on the 2-core VM; see :func:`~dctnet_lite.fastpath.retain_cpu_memory`,
+            process-wide). ``None``: on unless ``DCTNET_LITE_RETAIN_MEMORY=0``; the process
+            then keeps the memory of its largest call.
+
     ``tile_progress``: an optional ``callable(done, total)`` called after each tile of a tiled
     call (the file pipeline's progress bar sets it).
     """
@@ -162,7 +168,8 @@ class Cartoonizer:
                  device: Union[str, torch.device] = "auto", precision: str = "auto",
                  channels_last: Optional[bool] = None, compile: bool = False,
                  tile: Optional[int] = None, tile_overlap: int = 64, cache=None,
-                 cuda_graphs: bool = False, buckets=None, resize: str = "auto", max_pixels=None):
+                 cuda_graphs: bool = False, buckets=None, resize: str = "auto", max_pixels=None,
+                 retain_memory: Optional[bool] = None):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
         check_precision(precision)
@@ -177,6 +184,7 @@ class Cartoonizer:
             raise ValueError(f"cuda_graphs=True needs a CUDA device, but the device is {self.device}")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        self.retain_memory = self.device.type == "cpu" and retain_cpu_memory(retain_memory)
         self.precision = resolve_precision(precision, self.device)
         self.resize = ("device" if self.device.type == "cuda" else "host") if resize == "auto" else resize
         self.dtype = PRECISIONS[self.precision]
