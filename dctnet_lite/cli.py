@@ -136,6 +136,18 @@ def _add_cartoonize(sub) -> None:
                         "off unless given. Write --cache=DIR, or put --cache after the inputs")
     p.add_argument("--no-cache", dest="cache", action="store_const", const=None,
                    help="no result cache (the default)")
+    c = p.add_argument_group("compound system: a head model on every aligned face over a background "
+                             "model, as ModelScope's DCT-Net pipeline (docs/compound.md)")
+    c.add_argument("--head", default=None, metavar="CKPT", help="head model (turns the compound system on)")
+    c.add_argument("--background", default=None, metavar="CKPT",
+                   help="background model (default: --checkpoint, else the shipped one)")
+    c.add_argument("--compound", action="store_true",
+                   help="the shipped pair (no head model ships yet: the default checkpoint for both)")
+    c.add_argument("--max-side", type=int, default=None, metavar="PX",
+                   help="run the networks with the shorter side at most PX (720: ModelScope's), "
+                        "the result scaled back; default: the input's resolution")
+    c.add_argument("--min-face", type=int, default=None, metavar="PX",
+                   help="faces smaller than PX are left to the background model (default 40)")
     d = p.add_argument_group("distributed prediction (Lightning Trainer.predict; used when "
                              "--devices > 1, --num-nodes > 1 or --strategy is given)")
     d.add_argument("--devices", type=int, default=None, help="processes / GPUs per node")
@@ -174,8 +186,32 @@ def _cmd_cartoonize(a) -> int:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def _run_cartoonize(a) -> int:
+def _run_compound(a):
+    from .compound import cartoonize_files_compound
+    from .face import DEFAULT_MIN_FACE, FaceDetectorUnavailable
+
     if (a.devices or 1) > 1 or a.num_nodes > 1 or a.strategy:
+        raise CLIError("the compound system runs in one process: drop --devices/--num-nodes/--strategy")
+    if a.cache or a.resize == "device":
+        raise CLIError("--cache and --resize device do not work with --compound/--head/--background")
+    _check_device(a.device)
+    try:
+        return cartoonize_files_compound(
+            a.inputs, a.output, head=a.head, background=a.background or a.checkpoint,
+            min_face=DEFAULT_MIN_FACE if a.min_face is None else a.min_face, max_side=a.max_side,
+            strength=a.strength, size=a.size, device=a.device, precision=a.precision,
+            batch_size=a.batch_size, tile=a.tile, ext="." + a.format, overwrite_inputs=a.overwrite_inputs,
+            workers=a.workers, png_level=a.png_level, max_pixels=a.max_pixels)
+    except FaceDetectorUnavailable as e:
+        raise CLIError(str(e)) from None
+
+
+def _run_cartoonize(a) -> int:
+    if a.compound or a.head is not None or a.background is not None:
+        report = _run_compound(a)
+    elif a.max_side is not None or a.min_face is not None:
+        raise CLIError("--max-side and --min-face belong to the compound system: add --compound or --head")
+    elif (a.devices or 1) > 1 or a.num_nodes > 1 or a.strategy:
         from .tools.predict import predict_files
 
         if a.cache:
