@@ -588,6 +588,63 @@ def _cmd_import_modelscope(a) -> int:
 
 VERBS.append(_add_import_modelscope)
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="the resident web service: a page, an HTTP API, metrics (docs/serving.md)",
+                       description="Serve cartoonization over HTTP (FastAPI + uvicorn; needs the [serve] "
+                                   "extra): the page at /, POST /v1/cartoonize, /v1/cartoonize/batch, "
+                                   "/v1/checkpoints, /healthz, /metrics, /docs. SIGTERM finishes the "
+                                   "requests in flight, then exits 0.")
+    p.add_argument("--checkpoint", action="append", default=None, metavar="NAME|PATH",
+                   help="a checkpoint to load (repeat for several; the first is the default of a request; "
+                        "default: the shipped one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=list(PRECISION_CHOICES))
+    p.add_argument("--cache", default=None, metavar="disk[:DIR]|memory|redis://HOST:PORT/DB",
+                   help="result cache (default: none)")
+    p.add_argument("--cache-ttl", type=int, default=7 * 86400, metavar="S", help="Redis entry lifetime (default 1 week)")
+    p.add_argument("--cache-max-mb", type=int, default=1024, metavar="MB", help="disk/memory cache bound (default 1024)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="images per forward (1: no batching; default 8)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="T",
+                   help="how long an image waits for companions of its size (default 5)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, metavar="MB", help="request body limit (default 32)")
+    p.add_argument("--max-pixels", type=int, default=16_000_000, metavar="N",
+                   help="pixel limit of an upload (from its header) and of an output (default 16000000; 0: none)")
+    p.add_argument("--max-concurrency", type=int, default=16, metavar="N", help="images in processing at once (default 16)")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N", help="images waiting beyond that; more get 429 (default 64)")
+    p.add_argument("--max-files", type=int, default=16, metavar="N", help="images per batch request (default 16)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per-request limit; beyond it 503 (default 60)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="decode/encode threads (default min(4, CPUs))")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads (default torch's)")
+    p.add_argument("--head", default=None, metavar="CKPT", help="also serve the compound system, this head model")
+    p.add_argument("--background", default=None, metavar="CKPT",
+                   help="background model of the compound system (default: the first --checkpoint)")
+    p.add_argument("--compound", action="store_true", help="also serve the compound system (model name: compound)")
+    p.add_argument("--min-face", type=int, default=None, metavar="PX", help="compound: smallest face (default 40)")
+    p.add_argument("--max-side", type=int, default=None, metavar="PX", help="compound: working size (720: ModelScope's)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(a) -> int:
+    try:
+        from .serve import ServeConfig, serve
+    except ImportError as e:
+        raise CLIError(f"dctnet-lite serve needs the [serve] extra: pip install 'dctnet-lite[serve]' ({e})") from None
+    _check_device(a.device)
+    config = ServeConfig(
+        checkpoints=a.checkpoint or (), device=a.device, precision=a.precision, cache=a.cache,
+        cache_ttl=a.cache_ttl, cache_max_bytes=a.cache_max_mb << 20, max_batch=a.max_batch,
+        max_wait_ms=a.max_wait_ms, max_upload_bytes=int(a.max_upload_mb * (1 << 20)), max_pixels=a.max_pixels,
+        max_concurrency=a.max_concurrency, max_queue=a.max_queue, max_files=a.max_files, timeout_s=a.timeout,
+        workers=a.workers, threads=a.threads, compound=a.compound, head=a.head, background=a.background,
+        min_face=a.min_face, max_side=a.max_side)
+    return serve(config.check(), host=a.host, port=a.port, log_level=a.log_level)
+
+
+VERBS.append(_add_serve)
+
 #: Verbs whose arguments go unparsed to another CLI (LightningCLI): verb -> (module, function, help).
 PASSTHROUGH: Dict[str, tuple] = {
     "train": ("dctnet_lite.train.cli", "train_main",
