@@ -200,7 +200,7 @@ class CompoundCartoonizer:
         ww, wh = work_size(ow, oh, self.max_side)
         rgb = _resize(rgb, (ww, wh))
         faces = self.detect(rgb)
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
         if pin and self.device.type == "cuda":
             t = t.pin_memory()
         return CompoundPrepared(t, p.alpha, p.kind, (wh, ww), p.notes, faces, (oh, ow))
