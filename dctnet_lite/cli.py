@@ -439,12 +439,20 @@ def _add_export_modelscope(sub) -> None:
     p.add_argument("--remote-code", action="store_true",
                    help='set "allow_remote": true: pipeline(..., trust_remote_code=True) then imports '
                         "the registration itself")
+    p.add_argument("--head", default=None, metavar="CKPT",
+                   help="a compound folder: this head model over CHECKPOINT as the background "
+                        "(dctnet_lite.tools.modelscope_compound; docs/compound.md)")
     p.set_defaults(func=_cmd_export_modelscope)
 
 
 def _cmd_export_modelscope(a) -> int:
     from .tools.modelscope_pipeline import export_modelscope
 
+    if a.head is not None:
+        from .tools.modelscope_compound import export_modelscope_compound
+
+        print(f"wrote {export_modelscope_compound(a.head, a.checkpoint, a.dir, remote_code=a.remote_code)}")
+        return EXIT_OK
     out = export_modelscope(a.checkpoint, a.dir, remote_code=a.remote_code)
     print(f"wrote {out}")
     return EXIT_OK
