@@ -318,3 +318,50 @@ def test_cli_compound_errors(tmp_path, capsys):
     assert main(["cartoonize", str(src), "-o", str(tmp_path / "o3"), "--compound", "--cache"]) == 1
     assert "--cache" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelScope drop-in
+# ---------------------------------------------------------------------------------------------
+def test_export_of_a_compound_pair(models, tmp_path, capsys):
+    import json
+
+    from dctnet_lite.tools.modelscope_compound import MODEL_TYPE, PIPELINE_TYPE
+
+    assert main(["export-modelscope", str(models["bg"]), str(tmp_path / "pair"), "--head", str(models["head"])]) == 0
+    folder = tmp_path / "pair"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "background.safetensors", "configuration.json",
+                                                        "head.safetensors", "ms_wrapper.py"]
+    assert (folder / "head.safetensors").read_bytes() == models["head"].read_bytes()
+    assert (folder / "background.safetensors").read_bytes() == models["bg"].read_bytes()
+    cfg = json.loads((folder / "configuration.json").read_text())
+    assert cfg["model"]["type"] == MODEL_TYPE and cfg["pipeline"] == {"type": PIPELINE_TYPE}
+    assert cfg["dctnet_lite"]["head"]["family"] == "official" and cfg["dctnet_lite"]["background"]["family"] == "dctnet"
+    assert main(["export-modelscope", str(models["bg"]), str(tmp_path / "bad"), "--head", str(tmp_path / "no")]) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+@needs_mtcnn
+def test_modelscope_pipeline_runs_a_compound_folder(models, tmp_path):
+    pytest.importorskip("modelscope")
+    from dctnet_lite.tools import modelscope_compound as msc
+
+    if msc.MODELSCOPE_IMPORT_ERROR is not None:
+        pytest.skip(f"modelscope is not importable here: {msc.MODELSCOPE_IMPORT_ERROR}")
+    from modelscope.outputs import OutputKeys
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+
+    folder = msc.export_modelscope_compound(models["head"], models["bg"], tmp_path / "ms")
+    p = pipeline(Tasks.image_portrait_stylization, model=str(folder), device="cpu")
+    img = sample(320)
+    img.save(tmp_path / "a.png")
+    out = p(str(tmp_path / "a.png"))
+    assert set(out) == {OutputKeys.OUTPUT_IMG}
+    bgr = out[OutputKeys.OUTPUT_IMG]
+    assert bgr.shape == (320, 320, 3) and bgr.dtype == np.uint8
+    ref = np.asarray(CompoundCartoonizer(models["head"], models["bg"], device="cpu", precision="fp32")(img))
+    assert np.array_equal(bgr[..., ::-1], ref)  # BGR, as the official pipeline
+    bg_only = np.asarray(dctnet_lite.Cartoonizer(models["bg"], device="cpu", precision="fp32")(img))
+    assert not np.array_equal(ref, bg_only)  # her face went through the head model
+    assert p(str(tmp_path / "a.png"), max_side=160)[OutputKeys.OUTPUT_IMG].shape == (320, 320, 3)
