@@ -133,6 +133,8 @@ class ServeConfig:
         need(self.workers is None or int(self.workers) >= 1, f"workers must be >= 1, got {self.workers}")
         need(self.threads is None or int(self.threads) >= 1, f"threads must be >= 1, got {self.threads}")
         need(self.cache_ttl is None or int(self.cache_ttl) >= 0, f"cache_ttl must be >= 0, got {self.cache_ttl}")
+        if isinstance(self.cache, (str, os.PathLike)):
+            _cache_kind(self.cache)
         return self
 
 
@@ -147,19 +149,32 @@ def open_result_cache(spec, *, ttl: Optional[int] = DEFAULT_TTL, max_bytes: int 
         if callable(getattr(spec, "get", None)) and callable(getattr(spec, "put", None)):
             return spec  # duck-typed backend
         raise TypeError(f"cache must be a string or a ResultCache, got {type(spec).__name__}")
+    kind, s = _cache_kind(spec)
+    if kind is None:
+        return None
+    if kind == "disk":
+        return DiskCache(s[5:] or None, max_bytes=max_bytes)
+    if kind == "memory":
+        return MemoryCache(max_bytes)
+    return RedisCache(s, ttl=ttl, retry_after=retry_after)
+
+
+def _cache_kind(spec) -> Tuple[Optional[str], str]:
+    """(``None`` | ``"disk"`` | ``"memory"`` | ``"redis"``, the spec as a string); ``disk`` becomes
+    ``disk:`` (the default folder). Raises ``ValueError`` for anything else."""
     s = os.fspath(spec).strip()
     if s in ("", "off", "none"):
-        return None
+        return None, s
     if s == "disk":
-        return DiskCache(max_bytes=max_bytes)
+        return "disk", "disk:"
     if s.startswith("disk:"):
         if not s[5:]:
             raise ValueError("--cache disk:DIR needs a folder after 'disk:'")
-        return DiskCache(s[5:], max_bytes=max_bytes)
+        return "disk", s
     if s == "memory":
-        return MemoryCache(max_bytes)
-    if s.split("://", 1)[0] in ("redis", "rediss", "unix") and "://" in s:
-        return RedisCache(s, ttl=ttl, retry_after=retry_after)
+        return "memory", s
+    if "://" in s and s.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return "redis", s
     raise ValueError(f"--cache takes disk, disk:DIR, memory or redis://HOST:PORT/DB, got {s!r}")
 
 
@@ -300,7 +315,7 @@ def _strength(value) -> float:
 
 
 def _size(value) -> Optional[int]:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "original", "none", "0")):
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "original")):
         return None
     try:
         n = int(str(value).strip())
@@ -1072,8 +1087,9 @@ def serve(config: Optional[ServeConfig] = None, *, host: str = "127.0.0.1", port
         log.warning("listening on %s: the service has no authentication; put it behind a proxy that has", host)
 
     class _Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):  # SIGTERM / SIGINT: /healthz says draining at once
-            service.draining = True
+        def handle_exit(self, sig, frame):  # SIGTERM / SIGINT: /healthz says draining at once,
+            service.draining = True        # and images waiting for companions run now
+            threading.Thread(target=service.batcher.flush, daemon=True).start()  # (no lock in a handler)
             super().handle_exit(sig, frame)
 
     ucfg = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",

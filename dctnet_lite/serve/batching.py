@@ -42,7 +42,7 @@ class BatcherClosed(RuntimeError):
     """The batcher is shut down and takes no more images."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the payload may be a tensor
 class _Item:
     payload: Any
     strength: float
@@ -78,6 +78,7 @@ class DynamicBatcher:
         self._buckets: Dict[Hashable, List[_Item]] = {}
         self._cv = threading.Condition()
         self._closed = False
+        self._flushing = False
         self._thread: Optional[threading.Thread] = None
         self.batches = 0
 
@@ -85,7 +86,7 @@ class DynamicBatcher:
     def start(self) -> "DynamicBatcher":
         with self._cv:
             if self._thread is None or not self._thread.is_alive():
-                self._closed = False
+                self._closed = self._flushing = False
                 self._thread = threading.Thread(target=self._loop, name="dctnet-device", daemon=True)
                 self._thread.start()
         return self
@@ -98,6 +99,13 @@ class DynamicBatcher:
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def flush(self) -> None:
+        """From now on run every image at once, without waiting for companions (the service
+        calls it when it starts draining on SIGTERM); images are still taken."""
+        with self._cv:
+            self._flushing = True
+            self._cv.notify_all()
 
     @property
     def running(self) -> bool:
@@ -120,7 +128,17 @@ class DynamicBatcher:
                 raise BatcherClosed("the service is shutting down")
             self._buckets.setdefault(bucket, []).append(item)
             self._cv.notify_all()
+        fut.add_done_callback(lambda f: self._drop(bucket, item) if f.cancelled() else None)
         return fut
+
+    def _drop(self, bucket: Hashable, item: _Item) -> None:
+        """A cancelled image leaves its bucket at once (the queue depth counts it no more)."""
+        with self._cv:
+            items = self._buckets.get(bucket)
+            if items is not None and item in items:
+                items.remove(item)
+                if not items:
+                    del self._buckets[bucket]
 
     # ---------------------------------------------------------------- device thread
     def _next_batch(self) -> Optional[Tuple[Hashable, List[_Item]]]:
@@ -134,7 +152,7 @@ class DynamicBatcher:
                 continue
             full = [k for k, v in self._buckets.items() if len(v) >= self.max_batch]
             oldest = min(full or self._buckets, key=lambda k: self._buckets[k][0].arrived)
-            if full or self._closed:
+            if full or self._closed or self._flushing:
                 break
             wait = self._buckets[oldest][0].arrived + self.max_wait - time.monotonic()
             if wait <= 0:
