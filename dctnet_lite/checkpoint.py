@@ -88,7 +88,9 @@ def payload_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(k.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a tensor with size-1 dims can be "contiguous" with odd strides (a 1x1 conv
+        # weight in channels_last), which view(uint8) refuses; the element order is the same
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

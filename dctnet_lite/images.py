@@ -303,12 +303,18 @@ class _Walker:
     def __init__(self):
         self.files_seen: Set[Tuple[int, int]] = set()
         self.errors: List[Tuple[str, str]] = []
+        self.matched = 0  #: image files the last glob matched, found before or not
 
     def new_file(self, path: str) -> bool:
-        """Whether ``path`` is a regular file not yielded before (by device and inode)."""
+        """Whether ``path`` is a regular file not yielded before (by device and inode); a file
+        that exists but cannot be looked at is collected as an error."""
         try:
             st = os.stat(path)
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            if is_image_name(path):
+                self.errors.append((path, f"cannot be read ({_why(e)})"))
             return False
         if not _stat_is_file(st):
             return False
@@ -454,7 +460,9 @@ def glob_images(pattern: str, walker: Optional[_Walker] = None) -> Tuple[List[Pa
     match(root, 0)
     if root == ".":
         found = [os.path.relpath(p) if p.startswith("./") else p for p in found]
-    files = [Path(p) for p in found if is_image_name(p) and walker.new_file(p)]
+    images = [p for p in found if is_image_name(p) and os.path.isfile(p)]
+    walker.matched = len(images)
+    files = [Path(p) for p in images if walker.new_file(p)]
     return sorted(files), walker.errors[n_err:]
 
 
@@ -483,7 +491,7 @@ def expand_inputs(inputs) -> Tuple[List[Tuple[Path, Path]], List[Tuple[str, str]
                 found.append((p, Path(p.name)))
         elif glob.has_magic(s):
             files, errors = glob_images(s, walker)
-            if not files and not errors:
+            if not walker.matched and not errors:
                 missing.append((s, "the pattern matches no image file"))
             found += [(m, Path(m.name)) for m in files]
             missing += errors

@@ -31,10 +31,9 @@ except ImportError:  # pragma: no cover - Windows: no address-space limit to rea
 CRUDE_BYTES_PER_PIXEL = 4096
 #: The measured peak (tensors alive at once) times this is the estimate.
 SAFETY = 1.5
-#: uint8 -> float conversion, normalisation, output quantisation: bytes per pixel around the net.
+#: Bytes per pixel of the whole image around the network: uint8 -> float conversion,
+#: normalisation, output quantisation, and in a tiled call the blended output and its weights.
 IO_BYTES_PER_PIXEL = 64
-#: Tiled calls also hold the blended output and its weights for the whole image.
-TILED_BYTES_PER_PIXEL = 48
 #: A call may plan to use this fraction of the available memory.
 BUDGET_FRACTION = 0.8
 
@@ -176,8 +175,7 @@ class MemoryModel:
         if tile is None or (h <= tile and w <= tile):
             return int(b * hp * wp * per_pixel + io)
         th, tw = min(tile, hp), min(tile, wp)
-        return int(b * th * tw * per_pixel + b * th * tw * IO_BYTES_PER_PIXEL
-                   + b * h * w * TILED_BYTES_PER_PIXEL + io)
+        return int(b * th * tw * (per_pixel + IO_BYTES_PER_PIXEL) + io)
 
     def plan(self, b: int, h: int, w: int, tile: Optional[int], *, available: Optional[int],
              default_tile: int, min_tile: int, where: str = "the device") -> Optional[int]:
