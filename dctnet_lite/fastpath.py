@@ -1,8 +1,9 @@
 """GPU fast path helpers: precision resolution, shape buckets and a CUDA-graph runner.
 
 - :func:`resolve_precision`: ``"auto"`` -> ``bf16`` on a CUDA device with native bf16
-  (Ampere and newer), ``fp32`` on older GPUs and on the CPU; the names are those of the one
-  table, :data:`dctnet_lite.precision.PRECISIONS`.
+  (Ampere and newer) and on a CPU with native bf16 (AVX512_BF16 or AMX: :func:`cpu_bf16_supported`),
+  ``fp32`` elsewhere; the names are those of the one table, :data:`dctnet_lite.precision.PRECISIONS`.
+- :func:`retain_cpu_memory`: keep freed CPU activation memory in the process (no page faults).
 - :func:`bucket_shape`: round an image up to one of a few fixed sizes, so that a
   ``torch.compile``-d network (which recompiles for new shapes) or a captured CUDA graph (which
   is only valid for the shapes it was captured with) is reused across images of nearby sizes.
@@ -53,13 +54,53 @@ def cuda_bf16_supported(device: Union[str, torch.device, None] = None) -> bool:
             return bool(torch.cuda.is_bf16_supported())
 
 
-def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
-    """``fp32``/``fp16``/``bf16`` as given; ``auto``: bf16 on CUDA when native, else fp32."""
+#: CPU flags (as /proc/cpuinfo spells them) that mean native bf16 arithmetic: the AVX-512 bf16
+#: dot products or the AMX tile units, which oneDNN uses for bf16 convolutions. Without them
+#: bf16 is emulated and slower than fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: Environment variable: ``fp32`` makes ``precision="auto"`` pick fp32 on the CPU regardless.
+CPU_AUTO_ENV = "DCTNET_LITE_CPU_AUTO_PRECISION"
+
+
+def cpu_flags() -> Tuple[str, ...]:
+    """This CPU's feature flags (Linux: the first ``flags`` line of /proc/cpuinfo; elsewhere
+    empty, so ``auto`` stays fp32 where it cannot tell)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags") and ":" in line:
+                    return tuple(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return ()
+
+
+def cpu_bf16_supported(flags: Optional[Sequence[str]] = None) -> bool:
+    """Native bf16 on this CPU (AVX512_BF16 or AMX-BF16 in ``flags``, default :func:`cpu_flags`)
+    and a torch build whose oneDNN uses it."""
+    flags = cpu_flags() if flags is None else tuple(flags)
+    if not any(f in flags for f in CPU_BF16_FLAGS):
+        return False
+    return bool(torch.backends.mkldnn.is_available())
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device],
+                      cpu_features: Optional[Sequence[str]] = None) -> str:
+    """``fp32``/``fp16``/``bf16`` as given; ``auto``: bf16 where the device does bf16 natively
+    (CUDA compute capability >= 8.0; a CPU with AVX512_BF16 or AMX, see
+    :func:`cpu_bf16_supported`, unless ``DCTNET_LITE_CPU_AUTO_PRECISION=fp32``), else fp32.
+    ``cpu_features`` replaces the CPU's flags (tests)."""
     check_precision(precision, PRECISION_CHOICES)
     if precision != AUTO:
         return precision
     device = torch.device(device)
-    return "bf16" if device.type == "cuda" and cuda_bf16_supported(device) else "fp32"
+    if device.type == "cuda":
+        return "bf16" if cuda_bf16_supported(device) else "fp32"
+    if device.type == "cpu":
+        if os.environ.get(CPU_AUTO_ENV, "").strip().lower() == "fp32":
+            return "fp32"
+        return "bf16" if cpu_bf16_supported(cpu_features) else "fp32"
+    return "fp32"
 
 
 # ---------------------------------------------------------------------------------------------

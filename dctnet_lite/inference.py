@@ -131,9 +131,13 @@ class Cartoonizer:
             shipped default and fails if no trained checkpoint exists.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. On CUDA,
             ``torch.backends.cudnn.benchmark`` is switched on (process-wide).
-        precision: ``auto`` (bf16 on a CUDA device with native bf16, else fp32), ``fp32``,
-            ``fp16`` or ``bf16`` (weights and activations cast).
-        channels_last: memory format; ``None`` means on for CUDA, off for CPU.
+        precision: ``auto`` (bf16 where the device does bf16 natively: CUDA compute
+            capability 8.0 and newer, a CPU with AVX512_BF16 or AMX; else fp32; see
+            :func:`~dctnet_lite.fastpath.resolve_precision`), ``fp32`` (the exact path: an
+            imported official graph gives TensorFlow's output), ``fp16`` or ``bf16`` (weights
+            and activations cast).
+        channels_last: memory format; ``None`` means on (oneDNN and cuDNN both run these convs
+            fastest in NHWC).
         compile: wrap the network in ``torch.compile``.
         cuda_graphs: run the network through CUDA graphs captured per (padded shape, batch,
             dtype) and replayed (:class:`~dctnet_lite.fastpath.GraphRunner`); CUDA only.
@@ -189,7 +193,7 @@ class Cartoonizer:
         self.resize = ("device" if self.device.type == "cuda" else "host") if resize == "auto" else resize
         self.dtype = PRECISIONS[self.precision]
         self.buckets = normalize_buckets((compile or cuda_graphs) if buckets is None else buckets)
-        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        self.channels_last = True if channels_last is None else bool(channels_last)
         self.tile, self.tile_overlap = tile, tile_overlap
         t0 = time.perf_counter()
         if isinstance(checkpoint, nn.Module):

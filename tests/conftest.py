@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models, checkpoints and generated images (no ../shared needed)."""
+import os
 import re
 from pathlib import Path
 
@@ -6,6 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# precision="auto" on the CPU depends on the CPU (bf16 with AVX512_BF16/AMX): the suite pins it
+# to fp32 so results do not depend on the machine CI lands on (subprocesses inherit it);
+# tests/test_fastpath.py checks the detection itself by injecting CPU flags.
+os.environ.setdefault("DCTNET_LITE_CPU_AUTO_PRECISION", "fp32")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: Absolute paths that belong to one machine (home folders, a checkout, temp folders, mounts):

@@ -9,6 +9,9 @@ but the last 16 rows and columns) within 1e-3 (random-init width-8 network). ONN
 must match PyTorch within 1e-4 (max abs, output in [0, 1]).
 """
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -169,11 +172,25 @@ def test_bucketed_batch_and_tiles(tiny_model):
 def test_precision_auto_resolution(tiny_model, monkeypatch):
     import dctnet_lite.fastpath as fp
 
+    # the suite pins CPU auto to fp32 (conftest); without the pin the CPU's flags decide
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     cz = Cartoonizer(tiny_model, device="cpu")  # the default is "auto"
     assert cz.precision == "fp32" and cz.dtype == torch.float32
     assert next(cz.model.parameters()).dtype == torch.float32
+    monkeypatch.delenv(fp.CPU_AUTO_ENV)
+    assert resolve_precision("auto", "cpu", cpu_features=["fpu", "avx2", "avx512f"]) == "fp32"
+    assert resolve_precision("auto", "cpu", cpu_features=["avx512f", "avx512_bf16"]) == "bf16"
+    assert resolve_precision("auto", "cpu", cpu_features=["amx_tile", "amx_bf16"]) == "bf16"
+    assert not fp.cpu_bf16_supported(["avx512_vnni", "amx_int8"])  # int8 units are not bf16
+    monkeypatch.setattr(fp, "cpu_flags", lambda: ("sse4_2", "avx512_bf16"))
+    cz = Cartoonizer(tiny_model, device="cpu")
+    assert cz.precision == "bf16" and next(cz.model.parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(fp, "cpu_flags", lambda: ("sse4_2", "avx2"))
+    assert Cartoonizer(tiny_model, device="cpu").precision == "fp32"
+    monkeypatch.setattr(fp, "cpu_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setenv(fp.CPU_AUTO_ENV, "fp32")
+    assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(fp, "cuda_bf16_supported", lambda device=None: True)
     assert resolve_precision("auto", "cuda") == "bf16"
     monkeypatch.setattr(fp, "cuda_bf16_supported", lambda device=None: False)
@@ -450,3 +467,51 @@ def test_cli_bench_files(photo_dir, capsys):
     data = json.loads(capsys.readouterr().out)
     (f2f,) = data["file_to_file"]
     assert f2f["target"] == "w8 (random init)" and f2f["images"] == 2 and f2f["total_ms"] > 0
+
+
+# ------------------------------------------------------------------------------ CPU memory
+_FAULTS = r"""
+import resource, sys, torch
+from dctnet_lite.fastpath import retain_cpu_memory
+on = retain_cpu_memory(sys.argv[1] == "1")
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):                             # warm-up: the heap grows to its size once
+    x = torch.ones(64 << 20)                   # 256 MB, freed below
+    del x
+before = faults()
+for _ in range(3):
+    x = torch.ones(64 << 20)
+    del x
+print(int(on), faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
+@pytest.mark.parametrize("enable", ["0", "1"])
+def test_retain_cpu_memory_stops_page_faults(enable):
+    """Without the setting every 256 MB tensor is a fresh mmap (65,536 page faults each); with
+    it the freed block is reused and, once the heap has grown, the loop faults (almost) nothing."""
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", _FAULTS, enable], capture_output=True, text=True,
+                         check=True, env={**os.environ, "DCTNET_LITE_RETAIN_MEMORY": "1"})
+    on, faults = map(int, out.stdout.split())
+    if enable == "1":
+        assert on == 1 and faults < 2000
+    else:
+        assert on == 0 and faults > 3 * 60000
+
+
+def test_cartoonizer_retains_memory_on_cpu(tiny_model, monkeypatch):
+    import dctnet_lite.fastpath as fp
+
+    calls = []
+    monkeypatch.setattr(fp, "_mallopt_retain", lambda: calls.append(1) or True)
+    monkeypatch.setattr(fp, "_RETAINED", None)
+    monkeypatch.setenv("DCTNET_LITE_RETAIN_MEMORY", "0")
+    assert Cartoonizer(tiny_model, device="cpu").retain_memory is False and calls == []
+    monkeypatch.delenv("DCTNET_LITE_RETAIN_MEMORY")
+    assert Cartoonizer(tiny_model, device="cpu").retain_memory is True and calls == [1]
+    assert Cartoonizer(tiny_model, device="cpu", retain_memory=False).retain_memory is True  # never undone
