@@ -12,6 +12,7 @@ from .registry import (DEFAULT_WEIGHTS, WEIGHTS, Weights, create_model, get_weig
 from .checkpoint import (CheckpointError, NoTrainedCheckpoint, list_checkpoints, load,  # noqa: E402
                          load_into, read_info, save_checkpoint)
 from .inference import Cartoonizer, cartoonize, cartoonize_files  # noqa: E402
+from .compound import CompoundCartoonizer, cartoonize_files_compound  # noqa: E402  (detector: lazily)
 
 
 def _install_moved_module_aliases() -> None:
@@ -53,5 +54,6 @@ __all__ = [
     "ArchConfig", "DCTNet", "create_model", "list_models", "register_model", "list_families",
     "WEIGHTS", "Weights", "DEFAULT_WEIGHTS", "get_weights", "list_weights",
     "CheckpointError", "NoTrainedCheckpoint", "list_checkpoints", "load", "load_into", "read_info",
-    "save_checkpoint", "Cartoonizer", "cartoonize", "cartoonize_files", "__version__",
+    "save_checkpoint", "Cartoonizer", "cartoonize", "cartoonize_files", "CompoundCartoonizer",
+    "cartoonize_files_compound", "__version__",
 ]
