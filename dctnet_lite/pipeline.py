@@ -36,6 +36,7 @@ from . import images as imio
 from .cache import CACHE_PNG_LEVEL, decode_png
 from .fileutil import atomic_write_bytes, remove_stale_temps
 from .inference import MAX_BATCH, Cartoonizer, Prepared
+from .memory import MemoryLimitError, available_bytes
 from .model import strength_vector
 
 
@@ -114,6 +115,8 @@ def default_workers(device: Union[str, torch.device]) -> int:
 
 #: The most reader/writer threads a pipeline takes (each holds an image in memory).
 MAX_WORKERS = 64
+#: Decoded images read ahead stop there once they hold this fraction of the host's available memory.
+READ_AHEAD_FRACTION = 0.25
 
 
 def _check_workers(workers) -> None:
@@ -172,7 +175,9 @@ class FilesPipeline:
 
     ``workers`` reader threads and as many writer threads (``0``: everything in the calling
     thread, one file after the other); at most ``max(2 * batch_size, 2 * workers)`` images are
-    read ahead and as many results wait to be written. Results and the report's order do not
+    read ahead (and no more once the decoded images held reach :data:`READ_AHEAD_FRACTION` of
+    the host's available memory) and as many results wait to be written. A batch that does not
+    fit the device's memory runs one image at a time. Results and the report's order do not
     depend on ``workers``. Not thread-safe: one :meth:`run` at a time.
     """
 
@@ -225,6 +230,8 @@ class FilesPipeline:
         self._pending: List[Tuple[Path, Path, Prepared, Optional[str]]] = []
         for folder in sorted({dst.parent for _, dst in plan.jobs}):
             remove_stale_temps(folder)  # left by earlier runs killed mid-write
+        avail = available_bytes("cpu")
+        self._held_cap = None if avail is None else int(READ_AHEAD_FRACTION * avail)
         self._readers = _pool(self.workers, "dctnet-read")
         self._writers = _pool(self.workers, "dctnet-write")
         previous_hook, self.cz.tile_progress = self.cz.tile_progress, self._bar.tile
@@ -244,8 +251,18 @@ class FilesPipeline:
         self._bar.close()
         return report
 
+    def _held_bytes(self) -> int:
+        """Bytes of decoded images waiting for the network (read ahead, or in the pending batch)."""
+        n = sum(p[2].pixels.numel() for p in self._pending)
+        for _, fut in self._reads:
+            if fut.done() and fut.exception() is None and fut.result()[3] is not None:
+                n += fut.result()[3].pixels.numel()
+        return n
+
     def _read_ahead(self) -> None:
         while len(self._reads) < self.window:
+            if self._reads and self._held_cap is not None and self._held_bytes() > self._held_cap:
+                return  # enough decoded pixels held: read on once the network took some
             job = next(self._todo, None)
             if job is None:
                 return
@@ -273,18 +290,31 @@ class FilesPipeline:
         pending.append((src, dst, prep, key))
 
     def _flush(self) -> None:
-        """Run the pending batch and hand its results to the writers."""
+        """Run the pending batch and hand its results to the writers (one image at a time when
+        the batch does not fit the device's memory)."""
         pending = self._pending
         if not pending:
             return
         try:
-            outs = self.cz.run_uint8([p[2].pixels for p in pending], self.strength, pending[0][2].hw)
+            groups = [(pending, self.cz.run_uint8([p[2].pixels for p in pending], self.strength,
+                                                  pending[0][2].hw))]
+        except MemoryLimitError as e:
+            groups = [([p], e) for p in pending] if len(pending) == 1 else [([p], None) for p in pending]
         except Exception as e:  # a whole batch failing (e.g. OOM) is reported per file
-            self._report.failed += [(str(p[0]), f"inference failed: {type(e).__name__}: {e}") for p in pending]
-            for p in pending:
-                self._bar.update(p[0].name)
-        else:
-            for (src, dst, prep, key), rgb in zip(pending, outs):
+            groups = [(pending, e)]
+        for items, outs in groups:
+            if outs is None:
+                try:
+                    outs = self.cz.run_uint8(items[0][2].pixels, self.strength, items[0][2].hw)
+                except Exception as e:
+                    outs = e
+            if isinstance(outs, BaseException):
+                self._report.failed += [(str(p[0]), f"inference failed: {type(outs).__name__}: {outs}")
+                                        for p in items]
+                for p in items:
+                    self._bar.update(p[0].name)
+                continue
+            for (src, dst, prep, key), rgb in zip(items, outs):
                 self._writes.append((src, dst, self._writers.submit(self._write_result, dst, rgb,
                                                                      prep.alpha, key)))
         pending.clear()

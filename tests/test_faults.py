@@ -183,6 +183,32 @@ def test_the_memory_plan_tiles_or_refuses_before_it_starts(tiny_model, monkeypat
         cz.forward(torch.rand(1, 3, 300, 300))
 
 
+def test_a_batch_that_does_not_fit_runs_one_by_one_and_read_ahead_is_bounded(cz, image_folder, tmp_path,
+                                                                                monkeypatch):
+    import dctnet_lite.pipeline as pl
+    from dctnet_lite.memory import MemoryLimitError
+
+    for i in range(4):
+        _png(image_folder / f"same{i}.png", 40, 56, seed=10 + i)
+    ref = cartoonize_files([image_folder], tmp_path / "ref", cartoonizer=cz, batch_size=1)
+    plan = cz.memory_plan
+    batches = []
+
+    def small_device(batch, h, w, tile=None):
+        batches.append(batch)
+        if batch > 1:
+            raise MemoryLimitError(f"a batch of {batch} does not fit (test)")
+        return plan(batch, h, w, tile)
+
+    monkeypatch.setattr(cz, "memory_plan", small_device)
+    monkeypatch.setattr(pl, "available_bytes", lambda device: 1)  # read ahead one image at a time
+    rep = cartoonize_files([image_folder], tmp_path / "out", cartoonizer=cz, batch_size=4, workers=2)
+    assert not rep.failed and [s for s, _ in rep.ok] == [s for s, _ in ref.ok]
+    assert max(batches) > 1 and 1 in batches  # tried as a batch, ran one by one
+    for (_, a), (_, b) in zip(rep.ok, ref.ok):
+        assert np.abs(np.asarray(Image.open(a), int) - np.asarray(Image.open(b), int)).max() <= 1
+
+
 def test_pixel_limit_is_configurable_and_checked_before_decoding(tiny_ckpt, cz, tmp_path, monkeypatch, capsys):
     (tmp_path / "in").mkdir()
     img = _png(tmp_path / "in" / "p.png")
