@@ -607,8 +607,10 @@ class OfficialGenerator(nn.Module):
     def _generator_fused(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`generator` on the CPU inference path: every conv fused with its bias and leaky
         ReLU (or, in the residual blocks, with the skip's add, written in place) by oneDNN, no
-        separate activation passes; the 7x7 to RGB as :func:`_conv_few_out` (planar fp32 result).
-        bf16 weights and input run the convs in bf16 (oneDNN accumulates in fp32)."""
+        separate activation passes; the upsampling as :func:`upsample2x_deconv`; the 7x7 to RGB as
+        :func:`_conv_few_out_grouped`. bf16 weights and input run the convs in bf16 (oneDNN
+        accumulates in fp32; the upsampling in fp32, the 7x7 to RGB as one conv: the fastest
+        there); the guided filter always runs in fp32."""
         f, g = conv_fused, conv_padded
         h, w = x.shape[-2:]
         if h % 4 == 0 and w % 4 == 0:
@@ -628,8 +630,13 @@ class OfficialGenerator(nn.Module):
         for block in self.blocks:
             y = f(f(y, block.conv1), block.conv2, residual=y)
         y = f(y, self.dec2)
-        y = f(f(upsample2x_deconv(y, x1), self.dec1a), self.dec1b)
-        y = f(upsample2x_deconv(y, x0), self.dec0)
+        up = upsample2x_deconv
+        if x.dtype != torch.float32:  # oneDNN's bf16 depthwise transposed conv is slow: fp32 there
+            up = lambda t, skip: upsample2x_deconv(t.float(), skip).to(x.dtype)  # noqa: E731
+        y = f(f(up(y, x1), self.dec1a), self.dec1b)
+        y = f(up(y, x0), self.dec0)
+        if x.dtype != torch.float32:  # AMX / AVX512-BF16 run the plain 7x7 to RGB fastest
+            return f(y, self.conv_out, act=False)
         return _conv_few_out_grouped(y, self.conv_out)
 
     def cartoon(self, x: torch.Tensor) -> torch.Tensor:
@@ -696,12 +703,15 @@ def pad_white_16x(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, nw - w, 0, nh - h), value=1.0)
 
 
-def official_uint8(model: OfficialGenerator, bgr: np.ndarray, official_pad: bool = False) -> np.ndarray:
+def official_uint8(model: OfficialGenerator, bgr: np.ndarray, official_pad: bool = False,
+                   precision: str = "fp32") -> np.ndarray:
     """The exported graph's uint8 path: ``bgr`` HxWx3 BGR, float (or uint8) in 0..255 ->
     ``cast_uint8((clip(cartoon, +-0.999999) + 1) * 127.5)``, HxWx3 BGR uint8 (truncation).
 
     Like the graph, it needs sides that are multiples of 4; ``official_pad=True`` does what
-    ModelScope's pipeline does instead (``padTo16x`` with white, run, crop back)."""
+    ModelScope's pipeline does instead (``padTo16x`` with white, run, crop back).
+    ``precision="bf16"`` runs the generator in bf16 (the guided filter stays fp32): how far the
+    fast path lands from TensorFlow's output; fp32 is the exact one."""
     a = np.asarray(bgr)
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"official_uint8 expects an HxWx3 BGR image, got shape {a.shape}")
@@ -711,13 +721,16 @@ def official_uint8(model: OfficialGenerator, bgr: np.ndarray, official_pad: bool
     elif h % STRIDE or w % STRIDE:
         raise ValueError(f"the official graph needs sides that are multiples of {STRIDE}, got {h}x{w}; "
                          f"pass official_pad=True to pad as ModelScope's pipeline does")
+    from .precision import PRECISIONS, check_precision
+
+    dtype = PRECISIONS[check_precision(precision, tuple(PRECISIONS))]
     p = next(model.parameters())
-    net = model if p.dtype == torch.float32 else copy.deepcopy(model).float()
+    net = model if p.dtype == dtype else copy.deepcopy(model).to(dtype)
     x = torch.from_numpy(np.ascontiguousarray(a[:, :, ::-1], dtype=np.float32))  # BGR -> RGB
     x = x.permute(2, 0, 1)[None].to(p.device, torch.float32)
     with torch.no_grad():
         x = x / 127.5 - 1.0
-        y = net.cartoon(x)
+        y = net.cartoon(x.to(dtype)).float()
         y = (y.clamp(-CLIP, CLIP) + 1.0) * 127.5
         out = y.to(torch.uint8)  # truncation toward zero, as tf.cast
     return out[0].permute(1, 2, 0).flip(-1)[:h, :w].cpu().numpy()

@@ -8,10 +8,13 @@
    (``--graph``) and one 512 px input/output pair, and times ``sess.run`` (BGR float feed ->
    uint8 fetch) with ``--threads`` intra- and inter-op threads.
 2. Imports that very graph with :func:`dctnet_lite.tools.import_modelscope.import_modelscope`
-   and times it through ``dctnet_lite.Cartoonizer(checkpoint, device="cpu")`` (the library's
-   default CPU path: fp32, pre- and post-processing included, uint8 HxWx3 in and out) on the
-   same images with ``torch.set_num_threads(--threads)``: warm-up, then the median of N.
-3. Checks the imported model's uint8 output against TF's on the saved input (official_uint8).
+   and times it through ``dctnet_lite.Cartoonizer(checkpoint, device="cpu", precision=P)`` for
+   each of ``--precisions`` (default ``auto``, the library's default CPU path: bf16 on a CPU with
+   native bf16, else fp32; and ``fp32``, the exact path), pre- and post-processing included,
+   uint8 HxWx3 in and out, on the same images with ``torch.set_num_threads(--threads)``:
+   warm-up, then the median of N.
+3. Checks the imported model's uint8 output against TF's on the saved input (official_uint8 at
+   each precision timed).
 
 Without the TF python it says so and times ours only (on the saved graph when ``--graph``
 exists, else on a randomly initialised c=32 n=4 generator). Writes ``official_vs_tf.json`` and
@@ -52,10 +55,10 @@ def run_tf(args, tmp: Path):
     return json.loads(tf_json.read_text()), np.load(io)
 
 
-def time_ours(model, sizes, threads, warmup, runs):
+def time_ours(model, sizes, threads, warmup, runs, precision="auto"):
     torch.set_num_threads(threads)
-    cz = dctnet_lite.Cartoonizer(model, device="cpu")
-    out = {}
+    cz = dctnet_lite.Cartoonizer(model, device="cpu", precision=precision)
+    out = {"precision": cz.precision}
     for size in sizes:
         rgb = np.ascontiguousarray(bench_image(size)[:, :, ::-1]).astype(np.uint8)
         for _ in range(warmup):
@@ -69,8 +72,8 @@ def time_ours(model, sizes, threads, warmup, runs):
         out[str(size)] = {"median_ms": round(float(np.median(ms)), 2),
                           "p90_ms": round(float(np.percentile(ms, 90)), 2),
                           "min_ms": round(float(np.min(ms)), 2), "runs": runs, "warmup": warmup}
-        print("ours %4d px: median %.1f ms (min %.1f, %d runs, %d threads)" % (
-            size, out[str(size)]["median_ms"], out[str(size)]["min_ms"], runs, threads), flush=True)
+        print("ours %s %4d px: median %.1f ms (min %.1f, %d runs, %d threads)" % (
+            cz.precision, size, out[str(size)]["median_ms"], out[str(size)]["min_ms"], runs, threads), flush=True)
     return out
 
 
@@ -85,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--graph", type=Path, default=None,
                     help="where the TF side saves the frozen c32 n4 graph (not committed; default: a "
                          "temporary folder); without TF, an existing graph to time ours on")
+    ap.add_argument("--precisions", nargs="+", default=["auto", "fp32"],
+                    help="Cartoonizer precisions to time (auto: the default CPU path, bf16 on CPUs "
+                         "with native bf16; fp32: the exact path)")
     ap.add_argument("--out-dir", type=Path, default=REPO / "eval" / "reports" / "official_tf")
     args = ap.parse_args(argv)
 
@@ -107,21 +113,29 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             model = OfficialGenerator().eval()
             weights = "random (no graph to import)"
+    timed = {}
+    for prec in args.precisions:
+        t = time_ours(model, args.sizes, args.threads, args.warmup, args.runs, prec)
+        timed[t.pop("precision") + (" (auto)" if prec == "auto" else "")] = t
     if io is not None:
         torch.set_num_threads(args.threads)
-        ours = official_uint8(model, io["input"])
-        d = np.abs(ours.astype(np.int16) - io["output"].astype(np.int16))
-        parity = {"size": list(io["input"].shape[:2]), "max_levels": int(d.max()),
-                  "mean_levels": float(d.mean())}
-        print("parity vs TF (uint8, 512 px): max %d, mean %.2g" % (parity["max_levels"], parity["mean_levels"]))
+        parity = {"size": list(io["input"].shape[:2])}
+        for name in timed:
+            prec = name.split()[0]
+            ours = official_uint8(model, io["input"], precision=prec)
+            d = np.abs(ours.astype(np.int16) - io["output"].astype(np.int16))
+            parity[prec] = {"max_levels": int(d.max()), "mean_levels": float(d.mean()),
+                            "share_off": float((d > 0).mean())}
+            print("parity %s vs TF (uint8, 512 px): max %d, mean %.2g" % (
+                prec, parity[prec]["max_levels"], parity[prec]["mean_levels"]))
 
-    ours_t = time_ours(model, args.sizes, args.threads, args.warmup, args.runs)
     rows = []
     for s in map(str, args.sizes):
         tf_ms = tf_report["sizes"][s]["median_ms"] if tf_report else None
-        o = ours_t[s]["median_ms"]
-        rows.append({"size": int(s), "tf_median_ms": tf_ms, "ours_median_ms": o,
-                     "tf_over_ours": round(tf_ms / o, 3) if tf_ms else None})
+        for name, ours_t in timed.items():
+            o = ours_t[s]["median_ms"]
+            rows.append({"size": int(s), "precision": name, "tf_median_ms": tf_ms, "ours_median_ms": o,
+                         "tf_over_ours": round(tf_ms / o, 3) if tf_ms else None})
     report = {
         "what": "official DCT-Net generator c32 n4, the same frozen graph under TensorFlow "
                 "(sess.run, BGR float feed -> uint8 fetch) and imported into dctnet_lite "
@@ -132,7 +146,7 @@ def main(argv=None) -> int:
         "threads": args.threads, "torch": torch.__version__,
         "tensorflow": tf_report["tensorflow"] if tf_report else None,
         "weights": weights, "parity_512": parity, "rows": rows,
-        "tf": tf_report["sizes"] if tf_report else None, "ours": ours_t,
+        "tf": tf_report["sizes"] if tf_report else None, "ours": timed,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "official_vs_tf.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -141,13 +155,16 @@ def main(argv=None) -> int:
           f"{args.threads} threads each (TF: intra = inter = {args.threads}; torch.set_num_threads). "
           f"torch {torch.__version__}, TensorFlow {report['tensorflow'] or 'not run'}. "
           f"Median of {args.runs} after {args.warmup} warm-up runs.", "",
-          "| size | TF median (ms) | ours median (ms) | TF / ours |", "|---:|---:|---:|---:|"]
+          "| size | ours: precision | TF median (ms) | ours median (ms) | TF / ours |",
+          "|---:|---|---:|---:|---:|"]
     for r in rows:
-        md.append(f"| {r['size']} px | {r['tf_median_ms'] if r['tf_median_ms'] else '-'} | "
+        md.append(f"| {r['size']} px | {r['precision']} | {r['tf_median_ms'] if r['tf_median_ms'] else '-'} | "
                   f"{r['ours_median_ms']} | {r['tf_over_ours'] if r['tf_over_ours'] else '-'} |")
     if parity:
-        md += ["", f"Parity on TF's saved 512 px input (official_uint8 vs TF uint8): max "
-                   f"{parity['max_levels']} level, mean {parity['mean_levels']:.2g}."]
+        md += ["", "Parity on TF's saved 512 px input (official_uint8 at that precision vs TF's uint8 "
+                   "output, levels): " + "; ".join(
+                       f"{k}: max {v['max_levels']}, mean {v['mean_levels']:.2g}, "
+                       f"{100 * v['share_off']:.2f}% of values off" for k, v in parity.items() if k != "size") + "."]
     md += ["", f"Command: `{report['command']}`", ""]
     (args.out_dir / "official_vs_tf.md").write_text("\n".join(md))
     print("\n".join(md))

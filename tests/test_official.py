@@ -478,3 +478,73 @@ def test_live_tensorflow_parity(imported):  # pragma: no cover - runs only with 
             ref = sess.run("output_image:0", {"input_image:0": x})
             mx, mean = _levels(official_uint8(model, x), ref)
             assert mx <= 1 and mean < 0.01
+
+
+# ------------------------------------------------------------------------------ CPU fast path
+def _plain(fn):
+    with off.plain_ops():
+        return fn()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (2, 3, 36, 52), (1, 3, 30, 34)])
+def test_fused_cpu_path_is_the_plain_graph(shape):
+    """The fused inference path (oneDNN conv+bias+leaky, in-place residual adds, upsampling as a
+    transposed conv, no padded copies) computes the plain formulation's function, also on sides
+    that are not multiples of 4 and on batches."""
+    if not off.fused_cpu_available():
+        pytest.skip("this torch build has no oneDNN fused convolution")
+    torch.manual_seed(0)
+    m = OfficialGenerator(OfficialConfig(channels=8, num_blocks=2)).eval()
+    for p in m.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.rand(*shape) * 2 - 1
+    s = torch.tensor([1.0, 0.4][:shape[0]])
+    with torch.no_grad():
+        fast = m(x, s)
+        plain = _plain(lambda: m(x, s))
+        xp = off.pad_to_multiple(x, 4)  # the graph itself runs multiples of 4 only
+        raw_fast, raw_plain = m.generator(xp), _plain(lambda: m.generator(xp))
+    assert (fast - plain).abs().max() < 1e-5
+    assert (raw_fast - raw_plain).abs().max() < 1e-4 * raw_plain.abs().max()
+    y = m(x, s)  # gradients on: the autograd-safe plain path
+    assert y.requires_grad and (y - plain).abs().max() < 1e-5
+
+
+def test_fast_building_blocks_match_tf_formulas():
+    torch.manual_seed(1)
+    t = torch.randn(2, 8, 7, 9).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(2, 8, 14, 18)
+    with torch.no_grad():
+        up = off.upsample2x_deconv(t, skip)
+        ref = _plain(lambda: off.upsample2x_legacy(t, skip))
+    assert up.shape == ref.shape and (up - ref).abs().max() < 1e-6
+    conv = torch.nn.Conv2d(8, 3, 7)
+    x = torch.randn(1, 8, 20, 24).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        a = off._conv_few_out_grouped(x, conv)
+        b = off._conv_few_out(x, conv)
+        c = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 1, 3)
+    assert (a - c).abs().max() < 1e-5 and (b - c).abs().max() < 1e-5
+    y = torch.rand(1, 3, 20, 24) * 2 - 1
+    x3 = torch.rand(1, 3, 20, 24) * 2 - 1
+    with torch.no_grad():
+        g = off.guided_filter(x3, y)
+        gp = _plain(lambda: off.guided_filter(x3, y))
+    assert (g - gp).abs().max() < 1e-6
+
+
+@needs_fixtures
+def test_bf16_path_lands_near_tensorflow(imported):
+    """bf16 (the CPU default where it is native) against TensorFlow's uint8 output of the same
+    graph on the fixtures' inputs: close (a few levels on few pixels), not exact like fp32."""
+    model, d = imported["official_c8_n1"]
+    for i, (h, w) in enumerate(tuple(s) for s in d["sizes"]):
+        if d[f"padded_{i}"]:
+            continue
+        tf = d[f"output_{i}"].astype(int)
+        fp32 = official_uint8(model, d[f"input_{i}"], precision="fp32").astype(int)
+        bf16 = official_uint8(model, d[f"input_{i}"], precision="bf16").astype(int)
+        assert np.abs(fp32 - tf).max() <= 1
+        diff = np.abs(bf16 - tf)
+        assert diff.max() <= 8 and diff.mean() < 0.5, ((h, w), diff.max(), diff.mean())
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
