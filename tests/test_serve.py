@@ -530,6 +530,26 @@ def test_429_beyond_the_queue_and_503_on_timeout_or_not_started(ckpts):
     assert c.get("/healthz").status_code == 503
 
 
+def test_408_when_the_body_does_not_arrive(ckpts):
+    import json
+
+    app = create_app(config(ckpts, timeout_s=0.5))
+    with LiveServer(app) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/cartoonize HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 1000\r\n\r\n" + PHOTO_PNG[:100])  # then nothing more
+            data = b""
+            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408")
+        assert json.loads(body)["error"]["code"] == "timeout"
+
+
 # ------------------------------------------------------------------ compound system
 def test_compound_pair_is_served_as_a_model(ckpts):
     from dctnet_lite.compound import CompoundCartoonizer

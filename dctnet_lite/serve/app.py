@@ -15,7 +15,7 @@ Request path of one image (``POST /v1/cartoonize``), with the event loop only ev
 6. in a worker thread: the result is encoded (PNG, JPEG or WebP) and stored in the cache.
 
 Every refusal is a JSON body ``{"error": {"status", "code", "message"}}`` with its status
-(400, 404, 405, 413, 415, 422, 429, 503). Nothing is written to disk from a request except the
+(400, 404, 405, 408, 413, 415, 422, 429, 503). Nothing is written to disk from a request except the
 cache (multipart bodies are parsed in memory, :mod:`dctnet_lite.serve.multipart`).
 """
 from __future__ import annotations
@@ -196,7 +196,7 @@ class ServeError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large",
                  415: "unsupported_media_type", 422: "invalid_parameter", 429: "too_many_requests",
                  503: "unavailable"}
 
@@ -733,7 +733,7 @@ class Service:
         }
         if out.notes:
             h["X-Dctnet-Warning"] = "; ".join(out.notes)
-        return h
+        return {k: v.encode("ascii", "backslashreplace").decode("ascii") for k, v in h.items()}
 
     def health(self) -> dict:
         cache = None
@@ -761,7 +761,15 @@ class Service:
 # ---------------------------------------------------------------------------------------------
 # Reading requests
 # ---------------------------------------------------------------------------------------------
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, bounded in bytes (413) and in time (408: a client that does not send it)."""
+    try:
+        return await asyncio.wait_for(_read_bounded(request, limit), timeout=timeout)
+    except asyncio.TimeoutError:
+        raise ServeError(408, "timeout", f"the request body did not arrive within {timeout:g} s") from None
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
     cl = request.headers.get("content-length")
     if cl is not None:
         try:
@@ -931,7 +939,7 @@ def create_app(config: Optional[ServeConfig] = None, **overrides) -> FastAPI:
         if service.admission.full():  # 429 before the body is read
             raise service.admission.refusal()
         t0 = time.perf_counter()
-        body = await _read_body(request, int(config.max_upload_bytes))
+        body = await _read_body(request, int(config.max_upload_bytes), float(config.timeout_s))
         form: Dict[str, str] = {}
         name = request.headers.get("x-filename") or "upload"
         if media == "multipart/form-data":
@@ -974,7 +982,7 @@ def create_app(config: Optional[ServeConfig] = None, **overrides) -> FastAPI:
         if service.admission.full():
             raise service.admission.refusal()
         t0 = time.perf_counter()
-        body = await _read_body(request, int(config.max_upload_bytes))
+        body = await _read_body(request, int(config.max_upload_bytes), float(config.timeout_s))
         try:
             form, files = parse_form(body, request.headers.get("content-type", ""),
                                      max_parts=int(config.max_files) + len(_OPTION_NAMES) + 4)
