@@ -14,13 +14,15 @@ and counts the photos where at least one face of that size was found (every phot
 at least one face), the faces found and the seconds per photo. ``timing`` runs a
 :class:`dctnet_lite.compound.CompoundCartoonizer` (default checkpoint for both models) on the
 photos that have a face, scaled to ``--size`` on the longer side, and reports the median of
-each stage over the calls after a warm-up. The JSON names the machine.
+each stage over the calls after a warm-up. The JSON names the machine and the load average when
+it finished (on a shared machine other work slows every stage).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 import time
@@ -118,7 +120,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     result = detection(a.portraits, a.min_face) if a.what == "detection" else \
         timing(a.portraits, a.size, a.repeats, a.limit)
-    result = {"schema": f"dctnet-lite-compound-{a.what}/1", "machine": machine_info("cpu"), **result}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None  # others' work on a shared machine
+    result = {"schema": f"dctnet-lite-compound-{a.what}/1", "machine": machine_info("cpu"),
+              "load_average_1_5_15_min_at_end": [round(x, 2) for x in load] if load else None,
+              "torch_threads": a.threads, **result}
     text = json.dumps(result, indent=2) + "\n"
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

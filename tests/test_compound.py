@@ -264,7 +264,7 @@ def test_detector_weights_are_loaded_with_weights_only(monkeypatch):
 
 def test_detector_is_not_imported_by_import_dctnet_lite():
     code = ("import sys, dctnet_lite, dctnet_lite.compound, dctnet_lite.face, dctnet_lite.cli\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('facenet_pytorch', 'cv2')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('facenet_pytorch', 'torchvision', 'cv2')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
