@@ -187,8 +187,14 @@ class CompoundCartoonizer:
         if self.detector is None:
             return ()
         t0 = time.perf_counter()
-        found = self.detector(rgb)
-        self.timings["detect"] += time.perf_counter() - t0
+        try:
+            found = self.detector(rgb)
+        except (ValueError, MemoryError):
+            raise
+        except Exception as e:  # one image's failure (reported per file), not the whole run's
+            raise ValueError(f"face detection failed: {type(e).__name__}: {e}") from e
+        finally:
+            self.timings["detect"] += time.perf_counter() - t0
         faces = [f for f in found if f.size >= self.min_face]
         return tuple(sorted(faces, key=lambda f: -f.area))
 

@@ -310,6 +310,23 @@ def test_cli_head_background(models, tmp_path):
         assert out.size == (56, 40)
 
 
+def test_a_detector_failure_fails_that_file_only(models, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(portrait_like(40, 56, 1)).save(src / "ok.png")
+    Image.fromarray(portrait_like(48, 48, 2)).save(src / "bad.png")
+
+    def detector(rgb):
+        if rgb.shape[:2] == (48, 48):
+            raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+        return []
+    report = cartoonize_files_compound([src], tmp_path / "out", head=models["head"], background=models["bg"],
+                                       detector=detector, device="cpu", workers=1, progress=False)
+    assert [Path(f).name for f, _ in report.ok] == ["ok.png"]
+    assert len(report.failed) == 1 and "face detection failed: RuntimeError" in report.failed[0][1]
+    assert not (tmp_path / "out" / "bad.png").exists()
+
+
 def test_cli_compound_errors(tmp_path, capsys):
     src = tmp_path / "p.png"
     Image.fromarray(portrait_like(40, 56, 9)).save(src)
