@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", nargs="+", default=["auto", "fp32"],
                     help="Cartoonizer precisions to time (auto: the default CPU path, bf16 on CPUs "
                          "with native bf16; fp32: the exact path)")
+    ap.add_argument("--also", nargs="*", default=[dctnet_lite.registry.DEFAULT_WEIGHTS],
+                    help="other checkpoints to time in the same run on the default CPU path "
+                         "(default: the shipped default checkpoint)")
     ap.add_argument("--out-dir", type=Path, default=REPO / "eval" / "reports" / "official_tf")
     args = ap.parse_args(argv)
 
@@ -117,6 +120,10 @@ def main(argv=None) -> int:
     for prec in args.precisions:
         t = time_ours(model, args.sizes, args.threads, args.warmup, args.runs, prec)
         timed[t.pop("precision") + (" (auto)" if prec == "auto" else "")] = t
+    also = {}
+    for name in args.also:
+        t = time_ours(name, args.sizes, args.threads, args.warmup, args.runs, "auto")
+        also[f"{name} ({t.pop('precision')}, auto)"] = t
     if io is not None:
         torch.set_num_threads(args.threads)
         parity = {"size": list(io["input"].shape[:2])}
@@ -136,6 +143,10 @@ def main(argv=None) -> int:
             o = ours_t[s]["median_ms"]
             rows.append({"size": int(s), "precision": name, "tf_median_ms": tf_ms, "ours_median_ms": o,
                          "tf_over_ours": round(tf_ms / o, 3) if tf_ms else None})
+        for name, t in also.items():
+            o = t[s]["median_ms"]
+            rows.append({"size": int(s), "precision": name, "tf_median_ms": tf_ms, "ours_median_ms": o,
+                         "tf_over_ours": round(tf_ms / o, 3) if tf_ms else None})
     report = {
         "what": "official DCT-Net generator c32 n4, the same frozen graph under TensorFlow "
                 "(sess.run, BGR float feed -> uint8 fetch) and imported into dctnet_lite "
@@ -146,7 +157,7 @@ def main(argv=None) -> int:
         "threads": args.threads, "torch": torch.__version__,
         "tensorflow": tf_report["tensorflow"] if tf_report else None,
         "weights": weights, "parity_512": parity, "rows": rows,
-        "tf": tf_report["sizes"] if tf_report else None, "ours": timed,
+        "tf": tf_report["sizes"] if tf_report else None, "ours": timed, "also": also,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "official_vs_tf.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -155,7 +166,7 @@ def main(argv=None) -> int:
           f"{args.threads} threads each (TF: intra = inter = {args.threads}; torch.set_num_threads). "
           f"torch {torch.__version__}, TensorFlow {report['tensorflow'] or 'not run'}. "
           f"Median of {args.runs} after {args.warmup} warm-up runs.", "",
-          "| size | ours: precision | TF median (ms) | ours median (ms) | TF / ours |",
+          "| size | ours: model, precision | TF median (ms) | ours median (ms) | TF / ours |",
           "|---:|---|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['size']} px | {r['precision']} | {r['tf_median_ms'] if r['tf_median_ms'] else '-'} | "
