@@ -4,7 +4,7 @@ split (detect, background, heads, blend) of a compound call at a given size.
 Usage (from the repository root)::
 
     python eval/compound_bench.py detection [PORTRAITS] [--min-face 20 40] [--out FILE.json]
-    python eval/compound_bench.py timing [PORTRAITS] [--size 1024] [--repeats 3] [--out FILE.json]
+    python eval/compound_bench.py timing [PORTRAITS] [--size 1024] [--repeats 3] [--names FILE...] [--out FILE.json]
 
 ``PORTRAITS`` is the folder with the photos and their ``manifest.csv`` (default
 ``../shared/data/portraits/train``, the shared data folder next to the checkout); only the rows
@@ -76,9 +76,11 @@ def detection(folder: Path, min_faces) -> dict:
     return out
 
 
-def timing(folder: Path, size: int, repeats: int, limit: int) -> dict:
+def timing(folder: Path, size: int, repeats: int, limit: int, names=None) -> dict:
     cz = CompoundCartoonizer(device="cpu", precision="fp32")
     rows = manifest(folder)
+    if names:
+        rows = [r for r in rows if r["file"] in set(names)]
     picked = []
     for row in rows:
         img = Image.fromarray(read_rgb(folder / row["file"]))
@@ -114,12 +116,13 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit", type=int, default=4, help="photos for timing (default 4)")
+    parser.add_argument("--names", nargs="+", default=None, help="timing: these photos (file names)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     a = parser.parse_args(argv)
     torch.set_num_threads(a.threads)
     result = detection(a.portraits, a.min_face) if a.what == "detection" else \
-        timing(a.portraits, a.size, a.repeats, a.limit)
+        timing(a.portraits, a.size, a.repeats, a.limit, a.names)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # others' work on a shared machine
     result = {"schema": f"dctnet-lite-compound-{a.what}/1", "machine": machine_info("cpu"),
               "load_average_1_5_15_min_at_end": [round(x, 2) for x in load] if load else None,
