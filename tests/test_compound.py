@@ -173,13 +173,30 @@ def test_blend_is_exact_outside_the_mask_and_changes_the_face(models):
     assert set(cz.timings) >= {"detect", "background", "heads", "blend"}
 
 
+def test_every_face_of_a_group_is_blended(models):
+    rgb = portrait_like(128, 192, 10)
+    second = POINTS * 0.8 + [110, 10]  # a smaller face to the right
+    bg_only = dctnet_lite.Cartoonizer(models["bg"], device="cpu", precision="fp32")(rgb)
+    cz = CompoundCartoonizer(models["head"], models["bg"], detector=fixed(POINTS, second), min_face=8,
+                             device="cpu", precision="fp32")
+    assert [round(f.points[0][0]) for f in cz.prepare(rgb).faces] == [36, 139]  # largest first
+    out = cz(rgb)
+    one, two = mask_support(POINTS, rgb.shape[:2]), mask_support(second, rgb.shape[:2])
+    assert np.array_equal(out[~(one | two)], bg_only[~(one | two)])
+    diff = np.abs(out.astype(int) - bg_only.astype(int)).max(-1)
+    assert diff[one & ~two].mean() > 5 and diff[two & ~one].mean() > 5
+
+
 def test_face_free_image_equals_background_only(models):
     rgb = portrait_like(64, 80, 5)
     bg_only = dctnet_lite.Cartoonizer(models["bg"], device="cpu", precision="fp32")(rgb)
     for detector in (fixed(), None):
-        out = CompoundCartoonizer(models["head"], models["bg"], detector=detector,
-                                  device="cpu", precision="fp32")(rgb)
-        assert np.array_equal(out, bg_only)
+        cz = CompoundCartoonizer(models["head"], models["bg"], detector=detector, device="cpu", precision="fp32")
+        assert np.array_equal(cz(rgb), bg_only)
+    t = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255  # tensors in [0, 1] work too
+    y = cz(t)
+    assert y.shape == t.shape and y.dtype == torch.float32
+    assert np.array_equal((y * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), bg_only)
 
 
 def test_strength_applies_to_both_models_and_max_side_keeps_the_input_size(models):
