@@ -598,6 +598,16 @@ def test_cli_refuses_bad_settings_and_a_busy_port_in_one_line(ckpts, capsys):
     assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0]
 
 
+def test_the_core_and_the_cli_import_no_web_stack():
+    code = ("import sys, dctnet_lite, dctnet_lite.cli\n"
+            "dctnet_lite.cli.build_parser()\n"
+            "print([m for m in ('fastapi', 'starlette', 'uvicorn', 'redis', 'prometheus_client', "
+            "'python_multipart', 'dctnet_lite.serve') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_sigterm_finishes_the_requests_in_flight(ckpts, tmp_path):
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
