@@ -219,6 +219,9 @@ def test_round_trip_multipart_and_raw_body(ckpts, cz):
                    headers={"content-type": "application/octet-stream"})
         assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
         assert Image.open(io.BytesIO(r.content)).size == (32, 24) and r.headers["x-dctnet-size"] == "32x24"
+        r = c.post("/v1/cartoonize", files={"image": ("портрет 1.png", PHOTO_PNG, "image/png")})  # any name
+        assert r.status_code == 200
+        assert r.headers["content-disposition"] == 'inline; filename="________1_cartoon.png"'
 
 
 def test_alpha_is_kept_in_png_and_flattened_in_jpeg(ckpts):

@@ -818,7 +818,7 @@ def _options(service: Service, query: Dict[str, Any], form: Dict[str, str]) -> O
 
 def _download_name(name: str, fmt: str) -> str:
     stem = Path(name).stem or "image"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:100] or "image"
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in stem)[:100] or "image"
     return f"{safe}_cartoon.{FORMATS[fmt][2]}"
 
 
@@ -1090,6 +1090,12 @@ def serve(config: Optional[ServeConfig] = None, *, host: str = "127.0.0.1", port
         sock.close()
         raise
     service: Service = app.state.service
+    # our pixel limit decides (checked from the header); Pillow's own bomb check (about 89 MP warns,
+    # 179 MP refuses) would otherwise cut a higher --max-pixels short. This process is the service's.
+    if not service.max_pixels:
+        Image.MAX_IMAGE_PIXELS = None
+    elif Image.MAX_IMAGE_PIXELS is not None and service.max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = service.max_pixels
     bound_host, bound_port = sock.getsockname()[:2]
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: the service has no authentication; put it behind a proxy that has", host)
