@@ -77,6 +77,32 @@ def time_graph(tf, graph_def, sizes, threads, inter, warmup, runs):
     return results
 
 
+def serve(tf, graph_def, sizes, threads, inter, warmup):
+    """Interleaved timing for eval/official_vs_tf.py: warm up on every size, print ``READY``,
+    then answer each line ``SIZE`` on stdin with one timed ``sess.run`` (ms) until ``quit``."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(graph_def, name="")
+    config = tf.ConfigProto(intra_op_parallelism_threads=threads,
+                            inter_op_parallelism_threads=inter)
+    with tf.Session(graph=graph, config=config) as sess:
+        t_in = graph.get_tensor_by_name("input_image:0")
+        t_out = graph.get_tensor_by_name("output_image:0")
+        inputs = {size: bench_image(size) for size in sizes}
+        for size in sizes:
+            for _ in range(warmup):
+                sess.run(t_out, feed_dict={t_in: inputs[size]})
+        print("READY", flush=True)
+        for line in sys.stdin:
+            cmd = line.strip()
+            if cmd in ("", "quit"):
+                break
+            x = inputs[int(cmd)]
+            t0 = time.perf_counter()
+            sess.run(t_out, feed_dict={t_in: x})
+            print("MS %.3f" % ((time.perf_counter() - t0) * 1000.0), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modelscope", metavar="DIR", default=None,
@@ -95,6 +121,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save-graph", metavar="FILE.pb", help="write the frozen graph")
     ap.add_argument("--save-io", metavar="FILE.npz",
                     help="save one 512 px input and TF's uint8 output on it")
+    ap.add_argument("--serve", action="store_true",
+                    help="after warm-up, time one run per SIZE line on stdin (interleaved timing "
+                         "driven by eval/official_vs_tf.py)")
     args = ap.parse_args(argv)
 
     load_before = [round(v, 2) for v in os.getloadavg()]
@@ -117,6 +146,17 @@ def main(argv=None) -> int:
         print("wrote %s" % args.save_io)
 
     inter = args.inter_threads if args.inter_threads is not None else args.threads
+    if args.serve:
+        import importlib.metadata as md
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"tensorflow": tf2.__version__, "tf_slim": md.version("tf-slim"),
+                           "threads": {"intra_op": args.threads, "inter_op": inter},
+                           "model": {"channel": args.channel, "num_blocks": args.num_blocks,
+                                     "seed": args.seed, "graph_bytes": len(raw),
+                                     "graph_sha256": hashlib.sha256(raw).hexdigest()}}, f, indent=1)
+        serve(tf, gd, args.sizes, args.threads, inter, args.warmup)
+        return 0
     results = time_graph(tf, gd, args.sizes, args.threads, inter, args.warmup, args.runs)
 
     import importlib.metadata as md

@@ -2,18 +2,22 @@
 
     python3 eval/official_vs_tf.py --threads 2 --sizes 512 1024
 
-1. Runs eval/official_tf_bench.py under the TensorFlow venv's python (``--tf-python``, default
-   ``$TF_PYTHON``, e.g. ``"$TFVENV"/bin/python``: see eval/official_tf_bench.py) as a subprocess: it builds ModelScope's own generator at c=32, n=4
-   with seeded random weights, freezes it as CartoonTranslationExporter does, saves the graph
-   (``--graph``) and one 512 px input/output pair, and times ``sess.run`` (BGR float feed ->
-   uint8 fetch) with ``--threads`` intra- and inter-op threads.
+1. Starts eval/official_tf_bench.py --serve under the TensorFlow venv's python
+   (``--tf-python``, default ``$TF_PYTHON``, e.g. ``"$TFVENV"/bin/python``: see
+   eval/official_tf_bench.py): it builds ModelScope's own generator at c=32, n=4 with seeded
+   random weights, freezes it as CartoonTranslationExporter does, saves the graph (``--graph``)
+   and one 512 px input/output pair, opens a session with ``--threads`` intra- and inter-op
+   threads and then times one ``sess.run`` (BGR float feed -> uint8 fetch) per request.
 2. Imports that very graph with :func:`dctnet_lite.tools.import_modelscope.import_modelscope`
-   and times it through ``dctnet_lite.Cartoonizer(checkpoint, device="cpu", precision=P)`` for
+   and runs it through ``dctnet_lite.Cartoonizer(checkpoint, device="cpu", precision=P)`` for
    each of ``--precisions`` (default ``auto``, the library's default CPU path: bf16 on a CPU with
-   native bf16, else fp32; and ``fp32``, the exact path), pre- and post-processing included,
-   uint8 HxWx3 in and out, on the same images with ``torch.set_num_threads(--threads)``:
-   warm-up, then the median of N.
-3. Checks the imported model's uint8 output against TF's on the saved input (official_uint8 at
+   native bf16, else fp32; and ``fp32``, the exact path), plus the checkpoints of ``--also``
+   (default: the shipped default) on their default path; pre- and post-processing included,
+   uint8 HxWx3 in and out, ``torch.set_num_threads(--threads)``.
+3. Times them interleaved: per size, warm-up calls of each, then ``--runs`` rounds in which TF and
+   each of ours run once in turn, so a busy moment of the machine falls on all of them alike;
+   medians of the rounds.
+4. Checks the imported model's uint8 output against TF's on the saved input (official_uint8 at
    each precision timed).
 
 Without the TF python it says so and times ours only (on the saved graph when ``--graph``
@@ -23,6 +27,7 @@ exists, else on a randomly initialised c=32 n=4 generator). Writes ``official_vs
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -45,35 +50,80 @@ sys.path.insert(0, str(REPO / "eval"))
 from official_common import bench_image, cpu_model  # noqa: E402
 
 
-def run_tf(args, tmp: Path):
-    tf_json, io = tmp / "tf.json", tmp / "io.npz"
-    cmd = [args.tf_python, str(REPO / "eval" / "official_tf_bench.py"), "--threads", str(args.threads),
-           "--sizes", *map(str, args.sizes), "--warmup", str(args.warmup), "--runs", str(args.runs),
-           "--save-graph", str(args.graph), "--save-io", str(io), "--out", str(tf_json)]
-    print("TF:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return json.loads(tf_json.read_text()), np.load(io)
+class TFServer:
+    """eval/official_tf_bench.py --serve under the TensorFlow venv's python: it builds and freezes
+    the graph (saved to ``args.graph``), saves one input/output pair, warms up and then times one
+    ``sess.run`` per request, so TF's runs interleave with ours (same machine state for both)."""
+
+    def __init__(self, args, tmp: Path):
+        self.json, self.io = tmp / "tf.json", tmp / "io.npz"
+        cmd = [args.tf_python, str(REPO / "eval" / "official_tf_bench.py"), "--threads", str(args.threads),
+               "--sizes", *map(str, args.sizes), "--warmup", str(args.warmup), "--serve",
+               "--save-graph", str(args.graph), "--save-io", str(self.io), "--out", str(self.json)]
+        print("TF:", " ".join(cmd), flush=True)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for line in self.proc.stdout:
+            print("TF|", line.rstrip(), flush=True)
+            if line.startswith("READY"):
+                break
+        else:
+            raise SystemExit(f"the TensorFlow side ended before it was ready (exit {self.proc.wait()})")
+        self.info = json.loads(self.json.read_text())
+
+    def __call__(self, size: int) -> float:
+        self.proc.stdin.write(f"{size}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line.startswith("MS "):
+            raise SystemExit(f"the TensorFlow side answered {line!r}")
+        return float(line.split()[1])
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
-def time_ours(model, sizes, threads, warmup, runs, precision="auto"):
-    torch.set_num_threads(threads)
+def ours_runner(model, precision="auto"):
+    """(resolved precision, size -> one timed call in ms) through the default Cartoonizer path."""
+    if isinstance(model, torch.nn.Module):  # a Cartoonizer casts the module it is given: one each
+        model = copy.deepcopy(model)
     cz = dctnet_lite.Cartoonizer(model, device="cpu", precision=precision)
-    out = {"precision": cz.precision}
-    for size in sizes:
-        rgb = np.ascontiguousarray(bench_image(size)[:, :, ::-1]).astype(np.uint8)
-        for _ in range(warmup):
-            cz(rgb)
-        ms = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            y = cz(rgb)
-            ms.append((time.perf_counter() - t0) * 1000.0)
+    images = {}
+
+    def run(size: int) -> float:
+        rgb = images.get(size)
+        if rgb is None:
+            rgb = images[size] = np.ascontiguousarray(bench_image(size)[:, :, ::-1]).astype(np.uint8)
+        t0 = time.perf_counter()
+        y = cz(rgb)
+        ms = (time.perf_counter() - t0) * 1000.0
         assert y.shape == rgb.shape and y.dtype == np.uint8
-        out[str(size)] = {"median_ms": round(float(np.median(ms)), 2),
-                          "p90_ms": round(float(np.percentile(ms, 90)), 2),
-                          "min_ms": round(float(np.min(ms)), 2), "runs": runs, "warmup": warmup}
-        print("ours %s %4d px: median %.1f ms (min %.1f, %d runs, %d threads)" % (
-            cz.precision, size, out[str(size)]["median_ms"], out[str(size)]["min_ms"], runs, threads), flush=True)
+        return ms
+
+    return cz.precision, run
+
+
+def interleaved(contenders, sizes, warmup, runs, pause_s=0.05):
+    """Per size: ``warmup`` untimed calls of each contender, then ``runs`` rounds in which each
+    contender runs once, in turn (a short pause between, so one side's idle threads do not spin
+    into the other's run). Returns name -> size -> {median_ms, p90_ms, min_ms, runs, warmup}."""
+    out = {name: {} for name in contenders}
+    for size in sizes:
+        for fn in contenders.values():
+            for _ in range(warmup):
+                fn(size)
+        ms = {name: [] for name in contenders}
+        for _ in range(runs):
+            for name, fn in contenders.items():
+                time.sleep(pause_s)
+                ms[name].append(fn(size))
+        for name, v in ms.items():
+            out[name][str(size)] = {"median_ms": round(float(np.median(v)), 2),
+                                    "p90_ms": round(float(np.percentile(v, 90)), 2),
+                                    "min_ms": round(float(np.min(v)), 2), "runs": runs, "warmup": warmup}
+            print("%-40s %4d px: median %.1f ms (min %.1f)" % (name, size, np.median(v), np.min(v)), flush=True)
     return out
 
 
@@ -98,37 +148,47 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     load_before = [round(v, 2) for v in os.getloadavg()]
-    tf_report, io, parity = None, None, None
+    torch.set_num_threads(args.threads)
+    tf, io, parity = None, None, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.graph is None:
             args.graph = tmp / "official_c32_n4.pb"
-        if args.tf_python and Path(args.tf_python).is_file():
-            tf_report, io = run_tf(args, tmp)
-        else:
-            print(f"no TensorFlow python at {args.tf_python}: timing ours only", flush=True)
-        if args.graph.is_file():
-            ckpt = tmp / "official_c32_n4.safetensors"
-            written = import_modelscope(args.graph, ckpt)
-            model = dctnet_lite.checkpoint.load(written[0].path)
-            weights = f"imported from {args.graph.name}"
-        else:
-            torch.manual_seed(0)
-            model = OfficialGenerator().eval()
-            weights = "random (no graph to import)"
-    timed = {}
-    for prec in args.precisions:
-        t = time_ours(model, args.sizes, args.threads, args.warmup, args.runs, prec)
-        timed[t.pop("precision") + (" (auto)" if prec == "auto" else "")] = t
-    also = {}
-    for name in args.also:
-        t = time_ours(name, args.sizes, args.threads, args.warmup, args.runs, "auto")
-        also[f"{name} ({t.pop('precision')}, auto)"] = t
+        try:
+            if args.tf_python and Path(args.tf_python).is_file():
+                tf = TFServer(args, tmp)
+                io = np.load(tf.io)
+            else:
+                print(f"no TensorFlow python at {args.tf_python}: timing ours only", flush=True)
+            if args.graph.is_file():
+                ckpt = tmp / "official_c32_n4.safetensors"
+                written = import_modelscope(args.graph, ckpt)
+                model = dctnet_lite.checkpoint.load(written[0].path)
+                weights = f"imported from {args.graph.name}"
+            else:
+                torch.manual_seed(0)
+                model = OfficialGenerator().eval()
+                weights = "random (no graph to import)"
+            contenders = {}
+            if tf is not None:
+                contenders["TensorFlow"] = tf
+            for prec in args.precisions:
+                resolved, fn = ours_runner(model, prec)
+                contenders[resolved + (" (auto)" if prec == "auto" else "")] = fn
+            for name in args.also:
+                resolved, fn = ours_runner(name, "auto")
+                contenders[f"{name} ({resolved}, auto)"] = fn
+            timed = interleaved(contenders, args.sizes, args.warmup, args.runs)
+        finally:
+            if tf is not None:
+                tf.close()
+    tf_times = timed.pop("TensorFlow", None)
     if io is not None:
-        torch.set_num_threads(args.threads)
         parity = {"size": list(io["input"].shape[:2])}
         for name in timed:
             prec = name.split()[0]
+            if prec not in ("fp32", "bf16", "fp16"):
+                continue
             ours = official_uint8(model, io["input"], precision=prec)
             d = np.abs(ours.astype(np.int16) - io["output"].astype(np.int16))
             parity[prec] = {"max_levels": int(d.max()), "mean_levels": float(d.mean()),
@@ -138,12 +198,8 @@ def main(argv=None) -> int:
 
     rows = []
     for s in map(str, args.sizes):
-        tf_ms = tf_report["sizes"][s]["median_ms"] if tf_report else None
-        for name, ours_t in timed.items():
-            o = ours_t[s]["median_ms"]
-            rows.append({"size": int(s), "precision": name, "tf_median_ms": tf_ms, "ours_median_ms": o,
-                         "tf_over_ours": round(tf_ms / o, 3) if tf_ms else None})
-        for name, t in also.items():
+        tf_ms = tf_times[s]["median_ms"] if tf_times else None
+        for name, t in timed.items():
             o = t[s]["median_ms"]
             rows.append({"size": int(s), "precision": name, "tf_median_ms": tf_ms, "ours_median_ms": o,
                          "tf_over_ours": round(tf_ms / o, 3) if tf_ms else None})
@@ -155,9 +211,12 @@ def main(argv=None) -> int:
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "loadavg_before": load_before,
                     "platform": platform.platform(), "python": platform.python_version()},
         "threads": args.threads, "torch": torch.__version__,
-        "tensorflow": tf_report["tensorflow"] if tf_report else None,
+        "tensorflow": tf.info["tensorflow"] if tf is not None else None,
+        "tf_model": tf.info["model"] if tf is not None else None,
         "weights": weights, "parity_512": parity, "rows": rows,
-        "tf": tf_report["sizes"] if tf_report else None, "ours": timed, "also": also,
+        "tf": tf_times, "ours": timed,
+        "method": "interleaved: per size, warm-up calls of each side, then rounds in which TF and "
+                  "each of ours run once in turn (50 ms pause between), medians of the rounds",
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "official_vs_tf.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -165,7 +224,8 @@ def main(argv=None) -> int:
           f"Machine: {report['machine']['cpu']}, {os.cpu_count()} cores, load before {load_before}; "
           f"{args.threads} threads each (TF: intra = inter = {args.threads}; torch.set_num_threads). "
           f"torch {torch.__version__}, TensorFlow {report['tensorflow'] or 'not run'}. "
-          f"Median of {args.runs} after {args.warmup} warm-up runs.", "",
+          f"Median of {args.runs} interleaved rounds (TF and each of ours once per round) after "
+          f"{args.warmup} warm-up runs each.", "",
           "| size | ours: model, precision | TF median (ms) | ours median (ms) | TF / ours |",
           "|---:|---|---:|---:|---:|"]
     for r in rows:
