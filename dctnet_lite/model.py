@@ -18,6 +18,7 @@ a pruned network is still a plain :class:`DCTNet`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import numbers
@@ -169,6 +170,67 @@ class ArchConfig:
 def _check_width(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % CHANNEL_MULTIPLE:
         raise ValueError(f"{name} must be a positive multiple of {CHANNEL_MULTIPLE}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Plain formulation vs a fused CPU inference path (the official family has one:
+# dctnet_lite.official; the flag and the predicate are shared so every tool can ask for the plain
+# formulation of any family)
+# --------------------------------------------------------------------------------------------
+_PLAIN = [False]
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Run the networks with their plain formulation only: every conv through its module's own
+    ``forward`` (so forward hooks see it: torch-pruning's DependencyGraph, MACs counters) and no
+    fused inference path. The same function, slower."""
+    before, _PLAIN[0] = _PLAIN[0], True
+    try:
+        yield
+    finally:
+        _PLAIN[0] = before
+
+
+def plain_ops_active() -> bool:
+    return _PLAIN[0]
+
+
+def _compiling() -> bool:
+    """Under torch.compile / torch.export (dynamo records the plain ops, which it can fuse itself)."""
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+_FUSED: list = []
+
+
+def fused_cpu_available() -> bool:
+    """oneDNN's fused convolution (``torch.ops.mkldnn._convolution_pointwise``: conv + bias + an
+    activation, or + a second tensor then an activation, in one pass) is in this torch build. It
+    is the op ``torch.compile``'s CPU backend lowers to; called eagerly here, it needs no
+    compilation."""
+    if not _FUSED:
+        try:
+            ok = bool(torch.backends.mkldnn.is_available())
+            ok = ok and hasattr(torch.ops.mkldnn, "_convolution_pointwise") \
+                and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+        except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+            ok = False
+        _FUSED.append(ok)
+    return _FUSED[0]
+
+
+def fused_cpu_inference(x: torch.Tensor) -> bool:
+    """Whether the fused CPU inference path may run on ``x``: a CPU fp32/bf16 tensor, gradients
+    off (``no_grad``/``inference_mode``), eager (not traced, scripted, compiled or exported), not
+    under :func:`plain_ops`, oneDNN present. Otherwise the plain formulation runs."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and not (_PLAIN[0] or torch.is_grad_enabled() or torch.jit.is_tracing()
+                     or torch.jit.is_scripting() or _compiling())
+            and fused_cpu_available())
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:

@@ -40,7 +40,6 @@ Conventions (the library's, so every tool treats this family like the other one)
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import dataclasses
@@ -52,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import pad_to_multiple, strength_vector
+from .model import (_compiling, fused_cpu_available, fused_cpu_inference, pad_to_multiple,  # noqa: F401
+                    plain_ops, plain_ops_active, strength_vector)
 
 OFFICIAL_VERSION = 1
 STRIDE = 4               #: the graph needs sides that are multiples of 4
@@ -226,7 +226,7 @@ def _side(n) -> Optional[int]:
 def conv_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv`` (built with padding 0) with TF 'SAME' zero padding computed from the input size."""
     k, s = conv.kernel_size[0], conv.stride[0]
-    if _PLAIN:
+    if plain_ops_active():
         h, w = x.shape[-2], x.shape[-1]
         ph, pw = same_pads(h, k, s), same_pads(w, k, s)
         return conv(F.pad(x, (pw[0], pw[1], ph[0], ph[1])))
@@ -242,62 +242,18 @@ def conv_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return conv(F.pad(x, (pw[0], pw[1], ph[0], ph[1])))
 
 
-_PLAIN = False
-
-
-@contextlib.contextmanager
-def plain_ops():
-    """Run the generator with its plain formulation only: every conv through its module's own
-    ``forward`` (so forward hooks see it: torch-pruning's DependencyGraph, MACs counters) and no
-    fused eager paths. The same function, slower."""
-    global _PLAIN
-    before, _PLAIN = _PLAIN, True
-    try:
-        yield
-    finally:
-        _PLAIN = before
-
-
 def _eager(x: torch.Tensor) -> bool:
     """Inference in eager mode: not traced or scripted (export), not under :func:`plain_ops`, and
     gradients off (``torch.no_grad`` / ``torch.inference_mode``: the fast paths write into
     buffers in place, which autograd refuses). Only then do the fast eager paths below run;
     otherwise the plain formulation (the same function) does, so training just works."""
-    return not (_PLAIN or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.is_grad_enabled()
+    return not (plain_ops_active() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.is_grad_enabled()
                 or _compiling())
 
 
-def _compiling() -> bool:
-    """Under torch.compile / torch.export (dynamo records the plain ops, which it can fuse itself)."""
-    try:
-        return bool(torch.compiler.is_compiling())
-    except AttributeError:  # pragma: no cover - older torch
-        return False
-
-
-_FUSED: Optional[bool] = None
-
-
-def fused_cpu_available() -> bool:
-    """oneDNN's fused convolution (``torch.ops.mkldnn._convolution_pointwise``: conv + bias +
-    leaky ReLU, or + an in-place residual add, in one pass) is in this torch build. It is the op
-    ``torch.compile``'s CPU backend lowers to; called eagerly here, it needs no compilation."""
-    global _FUSED
-    if _FUSED is None:
-        try:
-            ok = bool(torch.backends.mkldnn.is_available())
-            ok = ok and hasattr(torch.ops.mkldnn, "_convolution_pointwise") \
-                and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
-        except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-            ok = False
-        _FUSED = ok
-    return _FUSED
-
-
 def _fused_ok(x: torch.Tensor) -> bool:
-    """The fused CPU inference path: eager, no autograd, a CPU fp32/bf16 input, oneDNN present."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _eager(x)
-            and fused_cpu_available())
+    """The fused CPU inference path (:func:`dctnet_lite.model.fused_cpu_inference`)."""
+    return fused_cpu_inference(x)
 
 
 def conv_fused(x: torch.Tensor, conv: nn.Conv2d, act: bool = True,

@@ -58,7 +58,6 @@ the checkpoint's provenance hold no absolute path (:func:`dctnet_lite.tools.reci
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -150,9 +149,9 @@ def _head(model: Prunable) -> nn.Conv2d:
 
 
 def _trace_context(model: nn.Module):
-    """What the forward of a traced/hooked pass runs under: ``plain_ops()`` for the official
-    generator (every conv through its module), nothing for DCTNet."""
-    return plain_ops() if isinstance(model, OfficialGenerator) else contextlib.nullcontext()
+    """What the forward of a traced/hooked pass runs under: ``plain_ops()`` (every conv through
+    its module, no fused CPU inference path), for both families."""
+    return plain_ops()
 
 
 def _trace_size(model: nn.Module) -> int:
