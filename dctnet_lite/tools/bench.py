@@ -21,7 +21,11 @@ What each row holds (``rows[i]``):
   the OS (``gc.collect`` and glibc ``malloc_trim(0)``) so that rows do not hide in each other's
   free lists; read the figure as the activations' working set, not a guarantee;
 - ``macs`` / ``gmacs``: :func:`dctnet_lite.profile.count_macs` for the whole batch;
-  ``tflops``: achieved ``2 * macs / median`` in TFLOP/s;
+  ``tflops`` / ``gflops``: achieved ``2 * macs / median`` in TFLOP/s and GFLOP/s;
+- ``peak_gflops`` / ``peak_fraction``: the measured matmul peak (:func:`measure_peak`) of the
+  dtype the row ran (bf16 rows against the bf16 peak, fp32 rows against fp32, fp16 against fp16)
+  and ``gflops / peak_gflops``; ``None`` when the peak was not measured (``peak=False``) or the
+  matmul failed in that dtype;
 - ``load_seconds``: :attr:`Cartoonizer.load_seconds` in this (warm) process (reading the
   checkpoint file, or only moving/casting a random-init width's model).
 
@@ -33,6 +37,12 @@ call and replayed on static buffers; normalisation and clamp run eagerly around 
 backend runs at the exact resolution (no shape buckets), so ``macs`` match the work done. A row
 that fails (e.g. fp16 on a CPU without kernels, compile without a C++ compiler) carries ``error``
 instead of figures; the run goes on.
+
+Peak (``peak``, measured once per process and memoised): :func:`measure_peak` times one square
+``n x n @ n x n`` matmul per dtype (``n`` = :data:`PEAK_SIZES`, 2048 on a CPU: a few hundred ms
+on 2 cores), best of 3 after one untimed warm-up, with the same threads as the rows. It is the
+rate this machine reaches on its best-tuned kernel (oneDNN/MKL, cuBLAS), not a data-sheet figure;
+a row's ``peak_fraction`` says how far the network's convolutions are from it.
 
 Cold start (``cold_start`` list, one entry per target): a fresh ``python -c`` subprocess imports
 dctnet_lite, loads the checkpoint with :class:`Cartoonizer`, cartoonizes one image *file* at
@@ -57,7 +67,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -96,7 +106,7 @@ ANCHOR = {
 ROW_KEYS = ("target", "arch", "width", "params", "device", "precision", "backend", "resolution",
             "batch", "threads", "warmup", "repeats", "median_ms", "p90_ms", "mean_ms", "min_ms",
             "first_call_ms", "throughput_img_s", "peak_mem_mb", "peak_mem_method", "macs", "gmacs",
-            "tflops", "load_seconds")
+            "tflops", "gflops", "peak_gflops", "peak_fraction", "load_seconds")
 COLD_KEYS = ("target", "resolution", "device", "python_start_s", "import_s", "load_s",
              "first_image_s", "total_s", "load_seconds_in_process")
 
@@ -277,11 +287,14 @@ def _make_callable(cz, x: torch.Tensor, backend: str, device: torch.device):
 
 def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: str = "fp32",
               backend: str = "eager", device: Union[str, torch.device] = "cpu", warmup: int = 2,
-              repeats: int = 5, checkpoint: Optional[Union[str, os.PathLike]] = None) -> dict:
+              repeats: int = 5, checkpoint: Optional[Union[str, os.PathLike]] = None,
+              peaks: Optional[Mapping[str, Optional[float]]] = None) -> dict:
     """Time one configuration.
 
     ``model`` is a CPU fp32 :class:`DCTNet` (it is copied, never modified); with ``checkpoint``
     the :class:`Cartoonizer` loads that file instead, so ``load_seconds`` includes reading it.
+    ``peaks``: GFLOP/s per dtype (:func:`measure_peak`) for ``peak_fraction`` (see
+    :func:`with_peak_fraction`; ``None`` without).
     """
     dev = resolve_device(device)
     check_variants([precision], [backend])
@@ -335,7 +348,100 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
                mean_ms=sum(times) / len(times) * 1e3, min_ms=min(times) * 1e3,
                first_call_ms=first * 1e3, throughput_img_s=batch / median,
                peak_mem_mb=peak / 2 ** 20, peak_mem_method=method, macs=macs,
-               gmacs=macs / 1e9, tflops=2 * macs / median / 1e12)
+               gmacs=macs / 1e9, tflops=2 * macs / median / 1e12, gflops=2 * macs / median / 1e9)
+    return with_peak_fraction(row, peaks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak: one large matmul per dtype
+# ---------------------------------------------------------------------------------------------
+#: Side of the square matmul that measures the peak, per device type (others: 4096).
+PEAK_SIZES = {"cpu": 2048, "cuda": 8192}
+#: Dtypes whose peak :func:`bench` always measures (plus any other precision it runs).
+PEAK_DTYPES = ("fp32", "bf16")
+PEAK_REPEATS = 3
+#: (device, dtype, size, repeats, threads) -> GFLOP/s, or the error (str) of a failed matmul.
+_PEAKS: Dict[tuple, Union[float, str]] = {}
+
+
+def _matmul_seconds(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Best of ``repeats`` timed ``size x size @ size x size`` matmuls after one untimed warm-up."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        a @ b
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _peak_key(dev: torch.device, dtype: str, size: Optional[int], repeats: int) -> tuple:
+    n = int(size or PEAK_SIZES.get(dev.type, 4096))
+    return (str(dev), dtype, n, int(repeats), torch.get_num_threads() if dev.type == "cpu" else None)
+
+
+def measure_peak(device: Union[str, torch.device] = "cpu", dtypes: Sequence[str] = PEAK_DTYPES,
+                 threads: Optional[int] = None, size: Optional[int] = None,
+                 repeats: int = PEAK_REPEATS) -> Dict[str, Optional[float]]:
+    """Measured matmul GFLOP/s per dtype on ``device``: ``2 n^3 / t`` for the best of ``repeats``
+    ``n x n`` matmuls after a warm-up (``n = size``, default :data:`PEAK_SIZES`), with ``threads``
+    torch CPU threads (default: the current setting). Memoised per (device, dtype, size, repeats,
+    threads) for the life of the process: the matmul runs once. ``None`` for a dtype whose matmul
+    fails on this device (the error is in :func:`peak_metadata`)."""
+    dev = resolve_device(device)
+    check_variants(dtypes)
+    if not dtypes:
+        raise ValueError("measure_peak needs at least one dtype")
+    if repeats < 1 or (size is not None and int(size) < 1):
+        raise ValueError("peak size and repeats must be >= 1")
+    out: Dict[str, Optional[float]] = {}
+    with torch_threads(threads):
+        for dtype in dict.fromkeys(dtypes):
+            key = _peak_key(dev, dtype, size, repeats)
+            if key not in _PEAKS:
+                try:
+                    n = key[2]
+                    _PEAKS[key] = 2 * n ** 3 / _matmul_seconds(dev, PRECISIONS[dtype], n, key[3]) / 1e9
+                except Exception as e:  # e.g. a dtype without kernels on this device
+                    _PEAKS[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            value = _PEAKS[key]
+            out[dtype] = value if isinstance(value, float) else None
+    return out
+
+
+def peak_metadata(device: Union[str, torch.device] = "cpu", dtypes: Sequence[str] = PEAK_DTYPES,
+                  threads: Optional[int] = None, size: Optional[int] = None,
+                  repeats: int = PEAK_REPEATS) -> dict:
+    """:func:`measure_peak` with how it was measured (the ``peak`` block of a bench result)."""
+    dev = resolve_device(device)
+    gflops = measure_peak(dev, dtypes, threads, size, repeats)
+    with torch_threads(threads):
+        keys = {d: _peak_key(dev, d, size, repeats) for d in gflops}
+    n, t = next(iter(keys.values()))[2], next(iter(keys.values()))[4]
+    errors = {d: _PEAKS[k] for d, k in keys.items() if not isinstance(_PEAKS[k], float)}
+    return {"measured": True, "gflops": gflops, "errors": errors, "device": str(dev), "size": n,
+            "repeats": int(repeats), "threads": t,
+            "method": f"torch.matmul of two {n}x{n} random matrices per dtype on {dev}, "
+                      f"2*{n}^3 FLOP / best of {repeats} timed calls after 1 warm-up"
+                      + (f", {t} torch threads" if t else "") + "; once per process (memoised)"}
+
+
+def with_peak_fraction(row: dict, peaks: Optional[Mapping[str, Optional[float]]]) -> dict:
+    """``row`` with ``peak_gflops`` (the peak of the dtype the row ran) and ``peak_fraction``
+    (``gflops / peak_gflops``); both ``None`` without a peak for that dtype. Rows with ``error``
+    are returned unchanged."""
+    if "error" in row or "gflops" not in row:
+        return row
+    peak = (peaks or {}).get(row["precision"])
+    row["peak_gflops"] = peak
+    row["peak_fraction"] = row["gflops"] / peak if peak else None
     return row
 
 
@@ -477,14 +583,16 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
           batches: Sequence[int] = (1,), precisions: Sequence[str] = ("fp32",),
           backends: Sequence[str] = ("eager",), device: str = "cpu", threads: Optional[int] = None,
           warmup: int = 2, repeats: int = 5, cold_start: bool = True, *,
-          cold_start_size: Optional[int] = None, progress: bool = False) -> dict:
+          cold_start_size: Optional[int] = None, progress: bool = False, peak: bool = True) -> dict:
     """Benchmark every (target, precision, backend, resolution, batch); see the module docstring.
 
     ``targets``: checkpoint names/paths, or widths (ints or digit strings: random init).
     ``threads``: ``torch.set_num_threads`` for the run (CPU), restored afterwards.
     ``cold_start_size``: resolution of the cold-start image (default: the largest resolution).
-    Returns a JSON-serialisable dict with ``machine``, ``settings``, ``rows``, ``cold_start``
-    and the quoted ``anchor``.
+    ``peak``: measure the matmul peak (:func:`peak_metadata`: fp32, bf16 and any other precision
+    run) so that each row has ``peak_fraction``; ``False`` skips it (``None`` in the rows).
+    Returns a JSON-serialisable dict with ``machine``, ``settings``, ``peak``, ``rows``,
+    ``cold_start`` and the quoted ``anchor``.
     """
     t_start = time.perf_counter()
     if not targets:
@@ -496,6 +604,8 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
     rows, colds = [], []
     cold_size = int(cold_start_size or max(resolutions))
     with torch_threads(threads):
+        peak_info = peak_metadata(dev, (*PEAK_DTYPES, *precisions)) if peak else \
+            {"measured": False, "gflops": {}, "method": "not measured (peak=False / --no-peak)"}
         for target in targets:
             label, model, path = _target_model(target)
             for precision in precisions:
@@ -504,7 +614,8 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
                         for b in batches:
                             row = bench_row(model, label=label, resolution=int(res), batch=int(b),
                                             precision=precision, backend=backend, device=dev,
-                                            warmup=warmup, repeats=repeats, checkpoint=path)
+                                            warmup=warmup, repeats=repeats, checkpoint=path,
+                                            peaks=peak_info["gflops"])
                             row["checkpoint"] = str(path) if path else None
                             rows.append(row)
                             if progress:
@@ -523,9 +634,9 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
                      "batches": [int(b) for b in batches], "precisions": list(precisions),
                      "backends": list(backends), "device": str(dev), "threads": threads,
                      "warmup": warmup, "repeats": repeats, "cold_start": bool(cold_start),
-                     "cold_start_size": cold_size if cold_start else None,
+                     "cold_start_size": cold_size if cold_start else None, "peak": bool(peak),
                      "input": "square r x r random RGB in [0, 1] on the device, strength 1"},
-        "rows": rows, "cold_start": colds, "anchor": ANCHOR,
+        "peak": peak_info, "rows": rows, "cold_start": colds, "anchor": ANCHOR,
         "seconds": round(time.perf_counter() - t_start, 3),
     }
 
@@ -550,14 +661,28 @@ def _row_line(r: dict) -> str:
     if "error" in r:
         return f"{head} ERROR {r['error']}"
     return (f"{head} median {r['median_ms']:9.1f} ms  p90 {r['p90_ms']:9.1f} ms  "
-            f"{r['throughput_img_s']:8.2f} img/s  {r['peak_mem_mb']:8.1f} MB  {r['tflops']:.3f} TFLOP/s")
+            f"{r['throughput_img_s']:8.2f} img/s  {r['peak_mem_mb']:8.1f} MB  "
+            f"{r['gflops']:9.2f} GFLOP/s  {_fraction_text(r.get('peak_fraction'))} of {r['precision']} peak")
+
+
+def _fraction_text(fraction: Optional[float]) -> str:
+    return "   n/a" if fraction is None else f"{100 * fraction:5.1f}%"
+
+
+def _peak_line(peak: Optional[dict]) -> str:
+    if not peak or not peak.get("measured"):
+        return "peak: n/a (not measured)"
+    figures = ", ".join(f"{d} {g:.1f} GFLOP/s" if g else f"{d} n/a ({peak['errors'].get(d, 'failed')})"
+                        for d, g in peak["gflops"].items())
+    return f"peak (measured: {peak['method']}): {figures}"
 
 
 def format_table(result: dict) -> str:
     """Plain-text table of a :func:`bench` result (for the CLI)."""
     m = result["machine"]
     lines = [f"machine: {m.get('cpu')} ({m.get('cpu_cores_usable')} usable cores), "
-             f"gpu: {m.get('gpu') or 'none'}, torch {m.get('torch')}, {m.get('torch_threads')} threads"]
+             f"gpu: {m.get('gpu') or 'none'}, torch {m.get('torch')}, {m.get('torch_threads')} threads",
+             _peak_line(result.get("peak"))]
     lines += [_row_line(r) for r in result["rows"]]
     for c in result.get("cold_start", []):
         if "error" in c:
