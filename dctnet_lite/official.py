@@ -422,9 +422,10 @@ def box_filter(x: torch.Tensor, r: int = GF_RADIUS) -> torch.Tensor:
     return F.conv2d(x, weight, None, 1, r, 1, c)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _box_count(h: int, w: int, r: int) -> torch.Tensor:
-    """``box_filter(ones(1, 1, h, w), r)`` on the CPU (the guided filter's normaliser), per size."""
+    """``box_filter(ones(1, 1, h, w), r)`` on the CPU (the guided filter's normaliser), per size
+    (the last 4 sizes kept: at most 64 MB at 2048 x 2048, the CPU's largest untiled call)."""
     return box_filter(torch.ones((1, 1, h, w), dtype=torch.float32), r)
 
 
