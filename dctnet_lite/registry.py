@@ -238,6 +238,13 @@ WEIGHTS: Tuple[Weights, ...] = (
         recipe="bash finetune/reproduce.sh teacher",
         reference="the toon renderer", metrics={"lpips_alex@512 s=1": 0.1345, "lpips_alex@512 s=0.5": 0.0499},
         card="dctnet_w64toon-the-teacher"),
+    Weights(
+        arch="official_c32n4", tag="toon",
+        sha256="b00b8582a380ecad2235eed705b28f2b91244455c28232f69a9c20ac1e94c005",
+        summary="the official DCT-Net generator trained on the toon renderer's targets, 720 CPU steps",
+        recipe="dctnet-lite train --config finetune/teacher_official.yaml --config finetune/teacher_official_cpu.yaml",
+        reference="the toon renderer", metrics={"lpips_alex@512 s=1": 0.0862, "lpips_alex@512 s=0.5": 0.0243},
+        card="official_c32n4toon-the-official-generator-as-a-teacher"),
     *(_curve(w, sha, s1, s05) for w, sha, s1, s05 in (
         (56, "7450b6c6bf91f08ab81e677167edd8759259f66d3d9172834a21950bf1c65df4", 0.0015, 0.0014),
         (40, "a763b18b437d16f0dcb3a4ac97261099310b82fb43c0974fee8db036845b75fe", 0.0280, 0.0195),

@@ -40,8 +40,9 @@ def test_generic_entry_loads_a_checkpoint(tiny_ckpt, tiny_model):
 def test_one_entry_per_shipped_architecture_from_the_table():
     hub = _hubconf()
     archs = sorted({w.arch for w in registry.WEIGHTS})
-    entries = sorted(n for n in dir(hub) if n.startswith("dctnet_w"))
+    entries = sorted(n for n in dir(hub) if n.startswith(("dctnet_w", "official_")))
     assert entries == archs  # generated from the table: a new row gets an entry, nothing else does
+    assert "official_c32n4" in entries  # the official family's shipped teacher has its entry
     for arch in archs:
         default = registry.default_weights_for(arch)
         assert default.name in getattr(hub, arch).__doc__ and arch in getattr(hub, arch).__doc__
