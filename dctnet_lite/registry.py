@@ -245,6 +245,16 @@ WEIGHTS: Tuple[Weights, ...] = (
         recipe="dctnet-lite train --config finetune/teacher_official.yaml --config finetune/teacher_official_cpu.yaml",
         reference="the toon renderer", metrics={"lpips_alex@512 s=1": 0.0862, "lpips_alex@512 s=0.5": 0.0243},
         card="official_c32n4toon-the-official-generator-as-a-teacher"),
+    Weights(
+        arch="official_c24n4", tag="toon",
+        sha256="68d7103a243da7a24df4feb14737e4fc07a7f9134ac93589b2b036ed50f61e08",
+        summary="official_c32n4.toon L1-pruned to c=24, distilled 500 CPU steps",
+        recipe="dctnet-lite prune --config prune/official_c24.yaml --checkpoint official_c32n4.toon, then "
+               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
+               "--model.init_checkpoint runs/pruned-official-c24.safetensors --model.teacher_checkpoint official_c32n4.toon",
+        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
+        metrics={"lpips_alex@512 s=1": 0.0066, "lpips_alex@512 s=0.5": 0.0019},
+        card="official_c24n4toon-the-official-teacher-pruned-to-c24-and-distilled"),
     *(_curve(w, sha, s1, s05) for w, sha, s1, s05 in (
         (56, "7450b6c6bf91f08ab81e677167edd8759259f66d3d9172834a21950bf1c65df4", 0.0015, 0.0014),
         (40, "a763b18b437d16f0dcb3a4ac97261099310b82fb43c0974fee8db036845b75fe", 0.0280, 0.0195),

@@ -457,7 +457,7 @@ def test_shipped_recipes_parse_and_the_cpu_overlay_sets_only_the_device():
         assert differ == ({"device"} if section == "quality" else {"device", "threads"})
     assert {k: v for k, v in base.items() if k not in ("quality", "bench")} == \
         {k: v for k, v in cpu.items() if k not in ("quality", "bench")}
-    for name in ("teacher_card", "w48_card", "official_teacher_card"):
+    for name in ("teacher_card", "w48_card", "official_teacher_card", "official_c24_card"):
         card, _ = load_recipe(ev / f"{name}.yaml")
         assert card["bench"] is False and card["pareto"] is False and card["name"] == name
     for f in list(ev.glob("*.yaml")) + list(ev.glob("reports/**/*.json")) + list(ev.glob("reports/**/*.md")):
