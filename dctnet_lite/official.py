@@ -251,27 +251,17 @@ def _eager(x: torch.Tensor) -> bool:
                 or _compiling())
 
 
-def _fused_ok(x: torch.Tensor) -> bool:
-    """The fused CPU inference path (:func:`dctnet_lite.model.fused_cpu_inference`)."""
-    return fused_cpu_inference(x)
-
-
 def conv_fused(x: torch.Tensor, conv: nn.Conv2d, act: bool = True,
                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`conv_same` + bias (+ leaky ReLU when ``act``) as one oneDNN call on CPU, or
     ``residual += conv_same(x)`` written into ``residual`` (the residual blocks' skip) when
     ``residual`` is given. The same arithmetic as the unfused ops (bias, then the activation or
-    the add, in fp32); ``x`` channels_last. Inference only (see :func:`_fused_ok`)."""
+    the add, in fp32); ``x`` channels_last. Inference only (see :func:`~dctnet_lite.model.fused_cpu_inference`)."""
     k, s = conv.kernel_size[0], conv.stride[0]
     ph, pw = same_pads(x.shape[-2], k, s), same_pads(x.shape[-1], k, s)
-    if ph[0] != ph[1] or pw[0] != pw[1]:  # stride 2: the odd pixel of padding goes at the end
-        x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
-        pad = 0
-    else:
-        pad = ph[0] if ph[0] == pw[0] else None
-        if pad is None:
-            x, pad = F.pad(x, (pw[0], pw[1], ph[0], ph[1])), 0
-    return conv_padded(x, conv, pad, act, residual)
+    if ph[0] != ph[1] or pw[0] != pw[1] or ph[0] != pw[0]:  # stride 2: the odd pixel goes at the end
+        return conv_padded(F.pad(x, (pw[0], pw[1], ph[0], ph[1])), conv, 0, act, residual)
+    return conv_padded(x, conv, ph[0], act, residual)
 
 
 def conv_padded(x: torch.Tensor, conv: nn.Conv2d, pad: int, act: bool = True,
@@ -368,23 +358,14 @@ def _conv_few_out(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A stride-1 k x k 'SAME' conv with few output channels (the 7x7 to RGB), the same sum in
     another order: one (1 x k) conv to ``out * k`` channels (one per output channel and kernel
     row, zero rows above and below from the conv's own padding), then the k rows shifted and
-    added. oneDNN vectorises over output channels; 3 of them waste most of each vector.
-
-    The result is float32 and planar (NCHW contiguous, what the guided filter and the uint8
-    conversion read fastest), the rows summed in float32 also when ``x`` is bf16."""
+    added. oneDNN vectorises over output channels; 3 of them waste most of each vector."""
     k = conv.kernel_size[0]
     p = k // 2
     oc, ic = conv.weight.shape[:2]
-    n, _, h, w = x.shape
+    h = x.shape[-2]
     w1 = conv.weight.permute(0, 2, 1, 3).reshape(oc * k, ic, 1, k)      # [c * k + ky, ci, 1, kx]
     z = F.conv2d(x, w1, None, 1, (p, p)).unflatten(1, (oc, k))          # (n, oc, k, h + 2p, w)
-    out = torch.empty((n, oc, h, w), dtype=torch.float32, device=x.device)
-    bias = conv.bias.view(1, oc, 1, 1)
-    if z.dtype == torch.float32:
-        torch.add(z[:, :, 0, 0:h], bias, out=out)
-    else:
-        out.copy_(z[:, :, 0, 0:h])
-        out.add_(bias.float())
+    out = z[:, :, 0, 0:h] + conv.bias.view(1, oc, 1, 1)
     for ky in range(1, k):
         out.add_(z[:, :, ky, ky:ky + h])
     return out
@@ -547,7 +528,7 @@ class OfficialGenerator(nn.Module):
 
     def generator(self, x: torch.Tensor) -> torch.Tensor:
         """``unet_generator``: the raw output before the guided filter."""
-        if _fused_ok(x):
+        if fused_cpu_inference(x):
             return self._generator_fused(x.contiguous(memory_format=torch.channels_last))
         act = lambda t: F.leaky_relu(t, LEAKY_SLOPE, inplace=True)  # noqa: E731  (on fresh conv outputs)
         x0 = act(conv_same(x, self.conv_in))

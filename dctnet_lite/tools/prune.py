@@ -148,12 +148,6 @@ def _head(model: Prunable) -> nn.Conv2d:
     return model.head if isinstance(model, DCTNet) else model.conv_out
 
 
-def _trace_context(model: nn.Module):
-    """What the forward of a traced/hooked pass runs under: ``plain_ops()`` (every conv through
-    its module, no fused CPU inference path), for both families."""
-    return plain_ops()
-
-
 def _trace_size(model: nn.Module) -> int:
     return OFFICIAL_TRACE_SIZE if isinstance(model, OfficialGenerator) else TRACE_SIZE
 
@@ -315,7 +309,7 @@ def conv_macs(model: nn.Module, size: int = TRACE_SIZE) -> int:
     p = next(model.parameters())
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
-        with torch.no_grad(), _trace_context(model):
+        with torch.no_grad(), plain_ops():  # every conv through its hooked module
             model(torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device), 1.0)
     finally:
         for h in handles:
@@ -606,7 +600,7 @@ def run_pruner(parent: Prunable, plan: TargetPlan, *, criterion: str, round_to: 
     example = torch.zeros(1, 3, size, size)
     Pruner = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner
     steps_done = 0
-    with torch.random.fork_rng(devices=[]), torch.enable_grad(), _trace_context(parent):  # tracing needs autograd
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), plain_ops():  # tracing needs autograd
         torch.manual_seed(seed)
         common = dict(importance=_importance(criterion), global_pruning=plan.global_pruning,
                       ignored_layers=[_head(work)], round_to=round_to)
