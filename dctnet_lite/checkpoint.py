@@ -247,7 +247,9 @@ def load_into(model: nn.Module, path: PathLike) -> CheckpointInfo:
     return info
 
 
-def _load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], path) -> None:
+def _load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], path, assign: bool = False) -> None:
+    """Strict load that names the checkpoint when it does not fit. ``assign=True`` makes the loaded
+    tensors the model's own (for a model built on the meta device: no allocation, no copy)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
@@ -256,7 +258,7 @@ def _load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], path) ->
         raise CheckpointError(f"{path} does not fit its declared architecture: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}, wrong shape {bad[:3]}")
     ref = next(iter(own.values()))
-    model.load_state_dict({k: v.to(ref.dtype) for k, v in tensors.items()}, strict=True)
+    model.load_state_dict({k: v.to(ref.dtype) for k, v in tensors.items()}, strict=True, assign=assign)
 
 
 def load(name_or_path: PathLike, device: Union[str, torch.device] = "cpu",
@@ -269,10 +271,15 @@ def load(name_or_path: PathLike, device: Union[str, torch.device] = "cpu",
     path = resolve(name_or_path)
     tensors, info = load_state(path)
     family = registry.get_family(info.family)
+    # Built on the meta device (no random init), then the checkpoint's tensors are assigned as the
+    # parameters. Not ``to_empty()``: on meta tensors it goes through torch._refs, whose first call
+    # imports sympy and torch's symbolic shapes (about 0.5-1.4 s of a cold start on a 2-core VM).
     with torch.device("meta"):
         model = family.build(info.arch)
-    model = model.to_empty(device="cpu")
-    _load_strict(model, tensors, path)
+    _load_strict(model, tensors, path, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a tensor the state dict does not hold (a non-persistent buffer): a bug of the family
+        raise CheckpointError(f"{path}: {info.family} model has tensors no checkpoint fills: {left[:3]}")
     model = model.to(device=device, dtype=dtype if dtype is not None else DTYPES[info.dtype])
     model.eval()
     model.checkpoint_info = info

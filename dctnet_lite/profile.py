@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from . import registry
 
@@ -31,6 +30,10 @@ def count_macs(arch: Any, height: int, width: int = None, batch: int = 1) -> int
     with torch.device("meta"):
         model = registry.build(config)
         x = torch.empty(batch, 3, height, width)
+    # imported here: torch.utils.flop_counter imports triton (about 0.35 s), which a CLI call that
+    # counts nothing should not pay at start-up
+    from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x, 1.0)
