@@ -23,6 +23,12 @@ graph (as ImageCartoonPipeline loads it) and timed in a Session with the given
 intra/inter-op thread counts on square BGR inputs (default 512 and 1024 px): warm-up
 runs, then the median and p90 of N timed ``sess.run`` calls (feed to uint8 fetch).
 
+``--weights FILE.npz`` puts given weights into the frozen graph instead of the random ones: one
+array per conv constant, named as in the graph (``generator/Conv/weights`` HWIO,
+``generator/Conv/biases``, BGR order as ModelScope's graphs; written from a checkpoint by
+``eval/official_vs_tf.py``'s ``export_tf_weights``, e.g. ``official_c32n4.toon``): every weights
+and biases constant must be given, with its shape.
+
 ``--save-graph FILE.pb`` writes that c=32, n=4 frozen graph (about 6 MB; do not commit
 it) for the PyTorch side to import and time on the same weights; ``--save-io FILE.npz``
 saves one 512 px input (``input``, float32 HxWx3 BGR) and TF's output (``output``,
@@ -45,6 +51,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "fixtures", "official"))
 import make_fixtures as mf  # noqa: E402  (builder shared with the fixtures)
 from official_common import bench_image, cpu_model  # noqa: E402
+
+
+def set_weights(tf, graph_def, arrays):
+    """Replace the frozen graph's conv constants (``*/weights``, ``*/biases``) by ``arrays``
+    (name -> array); every one must be given with the same shape. Returns the graph def."""
+    given = dict(arrays)
+    consts = [n for n in graph_def.node if n.op == "Const" and n.name.endswith(("/weights", "/biases"))]
+    missing = [n.name for n in consts if n.name not in given]
+    extra = sorted(set(given) - {n.name for n in consts})
+    if missing or extra:
+        raise SystemExit("--weights does not match the graph: missing %s, unknown %s" % (missing[:3], extra[:3]))
+    for n in consts:
+        old = tf.make_ndarray(n.attr["value"].tensor)
+        new = np.asarray(given[n.name], dtype=np.float32)
+        if old.shape != new.shape:
+            raise SystemExit("--weights: %s has shape %s, the graph %s" % (n.name, new.shape, old.shape))
+        n.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(new))
+    return graph_def
 
 
 def time_graph(tf, graph_def, sizes, threads, inter, warmup, runs):
@@ -117,6 +141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--channel", type=int, default=32)
     ap.add_argument("--num-blocks", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", metavar="FILE.npz", default=None,
+                    help="conv weights to freeze into the graph instead of random ones (see above)")
     ap.add_argument("--out", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--save-graph", metavar="FILE.pb", help="write the frozen graph")
     ap.add_argument("--save-io", metavar="FILE.npz",
@@ -130,6 +156,10 @@ def main(argv=None) -> int:
     tf, slim, tf2 = mf.load_tf()
     ms, _ = mf.load_modelscope_code(mf.find_modelscope(args.modelscope), tf, slim)
     gd, _ = mf.build_frozen(tf, ms, args.channel, args.num_blocks, args.seed)
+    if args.weights:
+        with np.load(args.weights) as arrays:
+            gd = set_weights(tf, gd, {k: arrays[k] for k in arrays.files})
+    weights = os.path.basename(args.weights) if args.weights else "random (seed %d)" % args.seed
     raw = gd.SerializeToString(deterministic=True)
     n_params = 0
     for n in gd.node:
@@ -153,7 +183,7 @@ def main(argv=None) -> int:
                 json.dump({"tensorflow": tf2.__version__, "tf_slim": md.version("tf-slim"),
                            "threads": {"intra_op": args.threads, "inter_op": inter},
                            "model": {"channel": args.channel, "num_blocks": args.num_blocks,
-                                     "seed": args.seed, "graph_bytes": len(raw),
+                                     "seed": args.seed, "weights": weights, "graph_bytes": len(raw),
                                      "graph_sha256": hashlib.sha256(raw).hexdigest()}}, f, indent=1)
         serve(tf, gd, args.sizes, args.threads, inter, args.warmup)
         return 0
@@ -172,7 +202,7 @@ def main(argv=None) -> int:
         "numpy": np.__version__,
         "threads": {"intra_op": args.threads, "inter_op": inter},
         "model": {"channel": args.channel, "num_blocks": args.num_blocks, "seed": args.seed,
-                  "parameters": n_params, "graph_bytes": len(raw),
+                  "weights": weights, "parameters": n_params, "graph_bytes": len(raw),
                   "graph_sha256": hashlib.sha256(raw).hexdigest(), "nodes": len(gd.node)},
         "input": "square BGR float32 HxWx3 0..255 fed to input_image:0, fetch output_image:0 "
                  "(uint8); one Session, warm-up then timed sess.run calls",

@@ -50,20 +50,52 @@ sys.path.insert(0, str(REPO / "eval"))
 from official_common import bench_image, cpu_model  # noqa: E402
 
 
+def export_tf_weights(model, path) -> Path:
+    """An :class:`OfficialGenerator` of the released shape's kind (uniform channels) -> the npz
+    that ``eval/official_tf_bench.py --weights`` freezes into ModelScope's graph: one array per
+    conv constant, named as the graph names them (``generator/Conv/weights``, HWIO, BGR in and
+    out), the inverse of :func:`dctnet_lite.tools.import_modelscope.build_model`."""
+    from dctnet_lite.tools.import_modelscope import _expected_scopes
+
+    cfg = model.config
+    if cfg.table is not None or cfg.channels is None:
+        raise ValueError("only a uniform official generator (channels=C, no channel table) has a "
+                         "ModelScope graph to put its weights in")
+    convs = model.convs()
+    scopes = _expected_scopes(cfg.num_blocks)
+    arrays = {}
+    for i, (mod, scope) in enumerate(zip(convs, scopes)):
+        w = mod.weight.detach().float().cpu().numpy()  # OIHW
+        b = mod.bias.detach().float().cpu().numpy()
+        if i == 0:
+            w = w[:, ::-1]                        # the graph's input is BGR
+        if i == len(convs) - 1:
+            w, b = w[::-1], b[::-1]               # and so is its output
+        arrays[scope + "/weights"] = np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        arrays[scope + "/biases"] = np.ascontiguousarray(b)
+    np.savez(path, **arrays)
+    return Path(path)
+
+
 class TFServer:
     """eval/official_tf_bench.py --serve under the TensorFlow venv's python: it builds and freezes
-    the graph (saved to ``args.graph``), saves one input/output pair, warms up and then times one
-    ``sess.run`` per request, so TF's runs interleave with ours (same machine state for both)."""
+    the graph (saved to ``args.graph``; with ``args.weights``, an npz of :func:`export_tf_weights`,
+    those weights instead of random ones), saves one input/output pair, warms up and then times
+    one ``sess.run`` per request, so TF's runs interleave with ours (same machine state for both).
+    ``log`` prints its progress (default: stdout)."""
 
-    def __init__(self, args, tmp: Path):
+    def __init__(self, args, tmp: Path, log=print):
         self.json, self.io = tmp / "tf.json", tmp / "io.npz"
         cmd = [args.tf_python, str(REPO / "eval" / "official_tf_bench.py"), "--threads", str(args.threads),
                "--sizes", *map(str, args.sizes), "--warmup", str(args.warmup), "--serve",
                "--save-graph", str(args.graph), "--save-io", str(self.io), "--out", str(self.json)]
-        print("TF:", " ".join(cmd), flush=True)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if getattr(args, "weights", None):
+            cmd += ["--weights", str(args.weights)]
+        log("TF: " + " ".join(cmd))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         for line in self.proc.stdout:
-            print("TF|", line.rstrip(), flush=True)
+            log("TF| " + line.rstrip())
             if line.startswith("READY"):
                 break
         else:

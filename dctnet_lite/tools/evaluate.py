@@ -14,6 +14,15 @@ A checkpoint that *is* the reference checkpoint (same file) would score triviall
 it is scored against ``self_reference`` (``"renderer"`` by default) instead; the row names the
 reference it was scored against.
 
+``teachers`` adds a second, per-row reference: ``{checkpoint: its own teacher}`` (a name or path;
+``None`` for a row that has none, e.g. a teacher). Each such row is also scored against its
+teacher's output at the same strength with ``teacher_metrics`` (LPIPS (alex) by default), in
+``row["teacher_metrics"]``; a teacher that is also evaluated runs once per photo for both.
+
+``precision`` is the :class:`~dctnet_lite.inference.Cartoonizer` precision every checkpoint and
+reference checkpoint runs at (``auto``: the device's default, bf16 on a CPU with native bf16;
+``fp32``: the exact path); the result names the precision that ran.
+
 Images are resized so the longer side is ``size`` (aspect kept, Lanczos, as the cartoonizer
 does); the model pads to its stride internally and crops back.
 
@@ -39,7 +48,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,6 +56,7 @@ import torch
 from .. import data
 from ..checkpoint import CheckpointError, read_info, resolve
 from ..images import IMAGE_EXTENSIONS, is_image_name, list_images, read_image, resize_rgb
+from ..fastpath import resolve_precision
 from ..inference import Cartoonizer, resolve_device
 from ..render import render_toon
 from .lpips_offline import lpips_distance
@@ -239,11 +249,12 @@ def _find_target(folder: Path, rel: str) -> Optional[Path]:
 class _Reference:
     """Produces the reference output for (photo, strength); ``kind`` is checkpoint/renderer/folder."""
 
-    def __init__(self, spec: Union[str, os.PathLike], device):
+    def __init__(self, spec: Union[str, os.PathLike], device, precision: str = "auto",
+                 pool: Optional[dict] = None):
 
-        self.spec, self.device = str(spec), device
+        self.spec, self.device, self.precision = str(spec), device, precision
         self.path: Optional[Path] = None
-        self._model = None
+        self.pool = {} if pool is None else pool  # path -> Cartoonizer, shared with the rows
         if self.spec == RENDERER:
             self.kind = "renderer"
         elif Path(self.spec).is_dir() and not list(Path(self.spec).glob("*.safetensors")):
@@ -259,10 +270,7 @@ class _Reference:
         return self.spec if self.kind == "renderer" else f"folder:{self.spec}"
 
     def model(self):
-        if self._model is None:
-
-            self._model = Cartoonizer(str(self.path), device=self.device)
-        return self._model
+        return _cartoonizer(self.pool, self.path, self.device, self.precision)
 
     def __call__(self, photo: torch.Tensor, rel: str, strength: float, toon_cache: dict) -> Optional[torch.Tensor]:
         if self.kind == "checkpoint":
@@ -291,6 +299,14 @@ class _Reference:
         return ((1 - strength) * photo + strength * toon).clamp(0, 1)
 
 
+def _cartoonizer(pool: dict, path: Path, device, precision: str) -> Cartoonizer:
+    """One Cartoonizer per checkpoint file (a teacher that is also a row is loaded once)."""
+    key = str(path)
+    if key not in pool:
+        pool[key] = Cartoonizer(key, device=device, precision=precision)
+    return pool[key]
+
+
 def _ckpt_label(spec: str) -> str:
     p = Path(spec)
     return p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else spec
@@ -304,7 +320,9 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
              metrics: Sequence[str] = METRICS, device: str = "cpu", limit: Optional[int] = None,
              *, split: Optional[str] = None, self_reference: Optional[str] = RENDERER,
              interval_method: str = "bootstrap", keep_per_image: bool = True,
-             progress: bool = False) -> dict:
+             progress: bool = False, precision: str = "auto",
+             teachers: Optional[Mapping[str, Optional[str]]] = None,
+             teacher_metrics: Sequence[str] = ("lpips_alex",)) -> dict:
     """Score each checkpoint against ``reference`` on the photos in ``images``.
 
     Args:
@@ -319,6 +337,10 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
         self_reference: what a checkpoint that *is* the reference is scored against
             (``None``: skip it).
         interval_method: ``"bootstrap"`` (default) or ``"t"``; see :func:`summarize`.
+        precision: the Cartoonizer precision of every checkpoint (see the module docstring).
+        teachers: ``{checkpoint spec: teacher spec or None}``: each row's own teacher, scored
+            with ``teacher_metrics`` in ``row["teacher_metrics"]`` (``None`` without a teacher; a
+            teacher that cannot be found is named in ``row["teacher_missing"]``, with a warning).
 
     Checkpoints and a reference checkpoint may be of any family (``dctnet``, ``official``): each
     runs through its :class:`~dctnet_lite.inference.Cartoonizer` (the official generator's
@@ -339,8 +361,14 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
             raise ValueError(f"strengths must lie in [0, 1], got {s}")
     sizes = [int(s) for s in sizes]
     dev = resolve_device(device)
+    ran_precision = resolve_precision(precision, dev)
+    teacher_metrics = tuple(teacher_metrics)
+    _check_metrics(teacher_metrics)
+    teachers = dict(teachers or {})
     root, photos = select_images(images, split=split, limit=limit)
-    ref = _Reference(reference, dev)
+    pool: dict = {}
+    ref = _Reference(reference, dev, precision, pool)
+    teacher_refs: Dict[str, _Reference] = {}
 
     models, skipped = [], []
     for spec in checkpoints:
@@ -355,45 +383,67 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
             if not self_reference:
                 skipped.append({"checkpoint": str(spec), "why": "it is the reference"})
                 continue
-            own_ref = _Reference(self_reference, dev)
+            own_ref = _Reference(self_reference, dev, precision, pool)
             if own_ref.kind == "checkpoint" and own_ref.path == path:
                 raise ValueError(f"self_reference {self_reference!r} is the checkpoint itself")
         else:
             own_ref = ref
-        models.append({"spec": str(spec), "name": _ckpt_label(str(spec)), "path": path, "info": info,
-                       "ref": own_ref, "is_reference": own_ref is not ref})
+        entry = {"spec": str(spec), "name": _ckpt_label(str(spec)), "path": path, "info": info,
+                 "ref": own_ref, "is_reference": own_ref is not ref, "teacher": None, "teacher_ref": None}
+        t_spec = teachers.get(str(spec), teachers.get(spec))
+        if t_spec:
+            entry["teacher"] = _ckpt_label(str(t_spec))
+            try:
+                t_path = str(resolve(t_spec).resolve())
+                if t_path not in teacher_refs:
+                    teacher_refs[t_path] = _Reference(t_spec, dev, precision, pool)
+                entry["teacher_ref"] = teacher_refs[t_path]
+            except CheckpointError as e:
+                warnings.warn(f"teacher {t_spec!r} of {spec!r} not found: {e}", stacklevel=2)
+                entry["teacher_missing"] = str(e)
+        models.append(entry)
     if not models:
         raise CheckpointError("none of the checkpoints to evaluate exists: "
                               + "; ".join(f"{s['checkpoint']}: {s['why']}" for s in skipped))
 
     per = {(i, size, s): {m: [] for m in metrics} for i in range(len(models))
            for size in sizes for s in strengths}
+    per_teacher = {(i, size, s): {m: [] for m in teacher_metrics} for i in range(len(models))
+                   for size in sizes for s in strengths}
     missing_targets: List[str] = []
     for k, (path, rel) in enumerate(photos):
         for size in sizes:
             photo = load_photo(path, size)
             cache: dict = {}
             refs: Dict[Tuple[int, float], Optional[torch.Tensor]] = {}
+            def reference_output(r: _Reference, s: float):
+                if (id(r), s) not in refs:
+                    refs[(id(r), s)] = r(photo, rel, s, cache)
+                return refs[(id(r), s)]
+
+            def output(m: dict, s: float) -> torch.Tensor:
+                # the same cache key as a reference checkpoint's: a teacher runs once per photo
+                key = ("checkpoint", str(m["path"]), tuple(photo.shape), s)
+                if key not in cache:
+                    cz = _cartoonizer(pool, m["path"], dev, precision)
+                    cache[key] = cz.forward(photo, s).float().cpu()
+                return cache[key]
+
             for i, m in enumerate(models):
-                rid = id(m["ref"])
                 for s in strengths:
-                    if (rid, s) not in refs:
-                        refs[(rid, s)] = m["ref"](photo, rel, s, cache)
-                    target = refs[(rid, s)]
+                    target = reference_output(m["ref"], s)
                     if target is None:
                         if rel not in missing_targets:
                             missing_targets.append(rel)
-                        continue
-                    if "cz" not in m:  # the teacher, when it is also evaluated, is loaded once
-                        m["cz"] = (ref.model() if ref.kind == "checkpoint" and m["path"] == ref.path
-                                   else Cartoonizer(str(m["path"]), device=dev))
-                    key = ("checkpoint", str(m["path"]), tuple(photo.shape), s)
-                    if key not in cache:
-                        cache[key] = m["cz"].forward(photo, s).float().cpu()
-                    out = cache[key]
-                    vals = compute_metrics(out.to(dev), target.to(dev), metrics)
-                    for name, v in vals.items():
-                        per[(i, size, s)][name] += v
+                    else:
+                        vals = compute_metrics(output(m, s).to(dev), target.to(dev), metrics)
+                        for name, v in vals.items():
+                            per[(i, size, s)][name] += v
+                    if m["teacher_ref"] is not None:
+                        t = reference_output(m["teacher_ref"], s)
+                        vals = compute_metrics(output(m, s).to(dev), t.to(dev), teacher_metrics)
+                        for name, v in vals.items():
+                            per_teacher[(i, size, s)][name] += v
         if progress:
             print(f"[eval] {k + 1}/{len(photos)} {rel}", flush=True)
     if missing_targets:
@@ -414,18 +464,32 @@ def evaluate(checkpoints: Sequence[str], reference: str, images: Union[str, Sequ
                     if keep_per_image:
                         summ["per_image"] = vals
                     row_metrics[name] = summ
+                to_teacher = None
+                if m["teacher_ref"] is not None:
+                    to_teacher = {}
+                    for name in teacher_metrics:
+                        vals = per_teacher[(i, size, s)][name]
+                        if vals:
+                            to_teacher[name] = summarize(vals, method=interval_method)
+                            if keep_per_image:
+                                to_teacher[name]["per_image"] = vals
+                extra = {"teacher_missing": m["teacher_missing"]} if "teacher_missing" in m else {}
                 results.append({
                     "checkpoint": m["name"], "path": str(m["path"]), "family": m["info"].family,
                     "arch": arch.describe(), "width": getattr(arch, "base_width", None),
                     "reference": m["ref"].label,
                     "reference_kind": m["ref"].kind, "is_reference": m["is_reference"],
                     "strength": s, "size": size,
-                    "n": len(per[(i, size, s)][metrics[0]]), "metrics": row_metrics})
+                    "n": len(per[(i, size, s)][metrics[0]]), "metrics": row_metrics,
+                    "precision": ran_precision, "teacher": m["teacher"], "teacher_metrics": to_teacher,
+                    **extra})
     return {
         "reference": ref.label, "reference_kind": ref.kind, "self_reference": self_reference,
         "images": str(root), "split": split, "limit": limit, "n_images": len(photos),
         "image_names": [rel for _, rel in photos], "missing_targets": missing_targets,
         "strengths": strengths, "sizes": sizes, "metrics": list(metrics), "device": str(dev),
+        "precision": ran_precision, "requested_precision": precision,
+        "teacher_metrics": list(teacher_metrics) if teachers else [],
         "interval": {"method": interval_method, "confidence": 0.95,
                      **({"n_boot": BOOTSTRAP_SAMPLES, "seed": BOOTSTRAP_SEED}
                         if interval_method == "bootstrap" else {})},
