@@ -7,9 +7,13 @@ same convolutions) for every (target, precision, backend, resolution, batch).
 
 What each row holds (``rows[i]``):
 
-- ``median_ms`` / ``p90_ms`` / ``mean_ms`` / ``min_ms``: latency of one *batch* over ``repeats``
-  timed calls after ``warmup`` untimed ones; ``first_call_ms`` is the first warm-up call
-  (includes ``torch.compile`` compilation and CUDA graph capture where they apply);
+- ``median_ms`` / ``p90_ms`` / ``mean_ms`` / ``min_ms`` (and ``p25_ms`` / ``p75_ms`` / ``max_ms``,
+  the spread): latency of one *batch* over ``repeats`` timed calls after ``warmup`` untimed ones;
+  ``first_call_ms`` is the first warm-up call (includes ``torch.compile`` compilation and CUDA
+  graph capture where they apply);
+- ``precision``: the precision that ran; ``requested_precision`` what was asked (``auto`` is the
+  Cartoonizer's default, resolved per device by :func:`dctnet_lite.fastpath.resolve_precision`:
+  bf16 on a CPU with native bf16, else fp32);
 - ``throughput_img_s``: ``batch / median``;
 - ``peak_mem_mb`` with ``peak_mem_method``: CUDA: ``torch.cuda.max_memory_allocated`` during the
   warm-up and timed calls, minus what was allocated before (weights and input excluded).
@@ -74,12 +78,13 @@ import torch
 from PIL import Image
 
 from ..checkpoint import load, resolve, save_checkpoint
+from ..fastpath import resolve_precision
 from ..images import DEFAULT_PNG_LEVEL, save_image
 from ..inference import Cartoonizer, resolve_device
 from ..machine import machine_info
 from ..model import ArchConfig, DCTNet
 from ..pipeline import cartoonize_files, default_workers
-from ..precision import PRECISIONS
+from ..precision import AUTO, PRECISIONS
 from ..profile import count_macs, count_params
 from ..registry import family_of
 from .evaluate import select_images
@@ -105,6 +110,7 @@ ANCHOR = {
 #: Keys every successful row has (documented in eval/README.md; checked by the tests).
 ROW_KEYS = ("target", "arch", "width", "params", "device", "precision", "backend", "resolution",
             "batch", "threads", "warmup", "repeats", "median_ms", "p90_ms", "mean_ms", "min_ms",
+            "p25_ms", "p75_ms", "max_ms", "requested_precision",
             "first_call_ms", "throughput_img_s", "peak_mem_mb", "peak_mem_method", "macs", "gmacs",
             "tflops", "gflops", "peak_gflops", "peak_fraction", "load_seconds")
 COLD_KEYS = ("target", "resolution", "device", "python_start_s", "import_s", "load_s",
@@ -297,14 +303,15 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     :func:`with_peak_fraction`; ``None`` without).
     """
     dev = resolve_device(device)
-    check_variants([precision], [backend])
+    check_variants([precision] if precision != AUTO else [], [backend])
+    requested, precision = precision, resolve_precision(precision, dev)  # the row names what ran
     if warmup < 1 or repeats < 1:
         raise ValueError("warmup and repeats must be >= 1")
     arch = model.config
     row = {"target": label, "family": family_of(arch).name, "arch": arch.describe(),
            "width": getattr(arch, "base_width", None),
            "params": count_params(model), "device": str(dev), "precision": precision,
-           "backend": backend, "resolution": int(resolution), "batch": int(batch),
+           "requested_precision": requested, "backend": backend, "resolution": int(resolution), "batch": int(batch),
            "threads": torch.get_num_threads() if dev.type == "cpu" else None,
            "warmup": warmup, "repeats": repeats}
     if backend == "cudagraphs" and dev.type != "cuda":
@@ -346,6 +353,8 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     macs = count_macs(arch, resolution, resolution, batch)
     row.update(median_ms=median * 1e3, p90_ms=_percentile(times, 0.9) * 1e3,
                mean_ms=sum(times) / len(times) * 1e3, min_ms=min(times) * 1e3,
+               p25_ms=_percentile(times, 0.25) * 1e3, p75_ms=_percentile(times, 0.75) * 1e3,
+               max_ms=max(times) * 1e3,
                first_call_ms=first * 1e3, throughput_img_s=batch / median,
                peak_mem_mb=peak / 2 ** 20, peak_mem_method=method, macs=macs,
                gmacs=macs / 1e9, tflops=2 * macs / median / 1e12, gflops=2 * macs / median / 1e9)
@@ -597,14 +606,14 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
     t_start = time.perf_counter()
     if not targets:
         raise ValueError("nothing to benchmark: give at least one checkpoint or width")
-    check_variants(precisions, backends)
+    check_variants([p for p in precisions if p != AUTO], backends)
     if any(int(r) < 16 for r in resolutions) or any(int(b) < 1 for b in batches):
         raise ValueError("resolutions must be >= 16 px and batches >= 1")
     dev = resolve_device(device)
     rows, colds = [], []
     cold_size = int(cold_start_size or max(resolutions))
     with torch_threads(threads):
-        peak_info = peak_metadata(dev, (*PEAK_DTYPES, *precisions)) if peak else \
+        peak_info = peak_metadata(dev, (*PEAK_DTYPES, *(resolve_precision(p, dev) for p in precisions))) if peak else \
             {"measured": False, "gflops": {}, "method": "not measured (peak=False / --no-peak)"}
         for target in targets:
             label, model, path = _target_model(target)
