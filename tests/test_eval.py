@@ -446,7 +446,7 @@ def test_shipped_recipes_parse_and_the_cpu_overlay_sets_only_the_device():
 
     ev = Path(__file__).resolve().parents[1] / "eval"
     base, src = load_recipe(ev / "quality_vs_latency.yaml")
-    assert base["quality"]["reference"] == "dctnet_w64.toon" and base["quality"]["split"] == "val"
+    assert base["quality"]["reference"] == "renderer" and base["quality"]["split"] == "val"
     assert base["quality"]["images"] == "../shared/data/portraits/train"
     assert base["base_dir_resolved"] == str(ev.parent)  # base_dir ".." is relative to the recipe file
     assert base["bench"]["resolutions"] == [512, 1024] and base["bench"]["device"] == "auto"
