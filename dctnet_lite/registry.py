@@ -165,6 +165,11 @@ for _w in (16, 24, 32, 40, 48, 56, 64):
     register_model(f"dctnet_w{_w}", lambda _w=_w: ArchConfig.from_width(_w))
 for _c in (16, 24, 32):  # official_c32n4 is every released ModelScope DCT-Net graph
     register_model(f"official_c{_c}n4", lambda _c=_c: OfficialConfig.from_channels(_c, 4), family="official")
+#: official_c32n4.toon pruned to half its MACs with global LAMP ranking (prune/official_macs50.yaml):
+#: the residual chain and its blocks at 64 of 128 channels, x1 at 56 of 64, the rest unpruned.
+OFFICIAL_MACS50_TABLE = {"x0": 32, "down1": 32, "x1": 56, "down2": 64, "res": 64, "block0": 64, "block1": 64,
+                         "block2": 64, "block3": 64, "dec1": 56, "dec0": 32}
+register_model("official_macs50n4", lambda: OfficialConfig.from_table(OFFICIAL_MACS50_TABLE, 4), family="official")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +260,16 @@ WEIGHTS: Tuple[Weights, ...] = (
         parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
         metrics={"lpips_alex@512 s=1": 0.0066, "lpips_alex@512 s=0.5": 0.0019},
         card="official_c24n4toon-the-official-teacher-pruned-to-c24-and-distilled"),
+    Weights(
+        arch="official_macs50n4", tag="toon",
+        sha256="d75d35d71bae264ed94d800b3cecddb340fa75271f514387831f0f091f9aeb9a",
+        summary="official_c32n4.toon LAMP-pruned to half its MACs (non-uniform), distilled 500 CPU steps",
+        recipe="dctnet-lite prune --config prune/official_c24.yaml --config prune/official_macs50.yaml, then "
+               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
+               "--config finetune/distill_official_macs50_cpu.yaml (bash finetune/reproduce.sh official)",
+        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
+        metrics={"lpips_alex@512 s=1": 0.00015, "lpips_alex@512 s=0.5": 0.000044},
+        card="official_macs50n4toon-the-official-teacher-pruned-to-half-its-macs-and-distilled"),
     *(_curve(w, sha, s1, s05) for w, sha, s1, s05 in (
         (56, "7450b6c6bf91f08ab81e677167edd8759259f66d3d9172834a21950bf1c65df4", 0.0015, 0.0014),
         (40, "a763b18b437d16f0dcb3a4ac97261099310b82fb43c0974fee8db036845b75fe", 0.0280, 0.0195),

@@ -13,7 +13,8 @@ Run from the repository root, e.g. (the README's table)::
 The photos default to ``../shared/data/portraits/train`` (the shared data folder next to the
 checkout); ``--calibration DIR`` (or ``--data DIR``) picks another folder. The JSON and the table
 hold no absolute path: the parent is named relative to the current directory (or by its last
-two path components when it lies outside it).
+two path components when it lies outside it). ``--marker NAME`` picks another table of the same
+README (``<!-- criteria-table:NAME:begin -->`` ... ``:end -->``), e.g. the official family's.
 """
 from __future__ import annotations
 
@@ -80,13 +81,21 @@ def markdown(path, rows, target, calibration, calib_size, seed, command) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: Path, table: str) -> None:
+def markers(name=None):
+    """The table's markers: ``criteria-table:begin/end``, or ``criteria-table:NAME:begin/end``."""
+    if not name:
+        return BEGIN, END
+    return f"<!-- criteria-table:{name}:begin -->", f"<!-- criteria-table:{name}:end -->"
+
+
+def update_readme(readme: Path, table: str, name=None) -> None:
+    begin, end = markers(name)
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_bytes(readme, (head + BEGIN + "\n" + table + END + tail).encode())
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_bytes(readme, (head + begin + "\n" + table + end + tail).encode())
 
 
 def main(argv=None) -> int:
@@ -105,6 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the Markdown table here")
     p.add_argument("--readme", default=None, help="replace the table between the markers of this file")
     p.add_argument("--json", default=None, help="write the raw rows as JSON here")
+    p.add_argument("--marker", default=None,
+                   help="with --readme: the table between <!-- criteria-table:MARKER:begin/end --> "
+                        "(default: the unnamed criteria-table markers)")
     a = p.parse_args(argv)
     target = ({"width": a.width} if a.width is not None else {"ratio": a.ratio} if a.ratio is not None
               else {"macs_budget": a.macs_budget} if a.macs_budget is not None else {"width": 48})
@@ -117,7 +129,7 @@ def main(argv=None) -> int:
     if a.out:
         Path(a.out).write_text(table)
     if a.readme:
-        update_readme(Path(a.readme), table)
+        update_readme(Path(a.readme), table, a.marker)
     if a.json:
         Path(a.json).write_text(json.dumps({"parent": path, "target": target, "rows": rows}, indent=2,
                                            default=str))
