@@ -325,13 +325,20 @@ def _cmd_checkpoints(a) -> int:
     return EXIT_FAILED if broken else EXIT_OK
 
 
+#: dctnet_lite.tools.bench.BACKENDS (not imported here: the CLI stays light)
+BENCH_BACKENDS = ("eager", "channels_last", "compile", "compile-max-autotune", "onnxruntime", "cudagraphs")
+
+
 def _add_variant_args(p, default_precisions: List[str]) -> None:
     """Targets and fast-path variants shared by ``bench`` and ``accuracy``."""
-    p.add_argument("--checkpoint", nargs="+", default=[], help="checkpoint names or paths")
+    p.add_argument("--checkpoint", nargs="+", default=[],
+                   help="checkpoint names or paths; an INT8 artefact (.onnx of `dctnet-lite quantize`) "
+                        "runs at int8 on onnxruntime whatever --precision/--backend say")
     p.add_argument("--width", nargs="+", type=int, default=[], help="base widths (random init)")
     p.add_argument("--precision", nargs="+", default=default_precisions, choices=list(PRECISIONS))
-    p.add_argument("--backend", nargs="+", default=["eager"],
-                   choices=["eager", "channels_last", "compile", "cudagraphs"])
+    p.add_argument("--backend", nargs="+", default=["eager"], choices=list(BENCH_BACKENDS),
+                   help="compile-max-autotune: torch.compile(mode='max-autotune') (minutes on a small "
+                        "CPU); onnxruntime: the fp32 ONNX export, cached (needs the [onnx] extra)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
 
@@ -413,6 +420,11 @@ def _add_accuracy(sub) -> None:
     p.add_argument("--size", type=int, default=512, help="longer side in px (default 512)")
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (no lpips package needed)")
+    p.add_argument("--parent", default=None, metavar="CKPT",
+                   help="an INT8 artefact's parent checkpoint (default: found by the name and sha256 "
+                        "in its metadata)")
+    p.add_argument("--max-lpips", type=float, default=None, metavar="X",
+                   help="LPIPS (alex) bound for every variant instead of the per-precision BOUNDS")
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_accuracy)
@@ -424,12 +436,13 @@ def _cmd_accuracy(a) -> int:
     _check_device(a.device)
     results = [variant_accuracy(t, a.images, precisions=a.precision, backends=a.backend, device=a.device,
                                 size=a.size, limit=a.limit, strength=a.strength, lpips=not a.no_lpips,
-                                split=a.split) for t in _variant_targets(a)]
+                                split=a.split, parent=a.parent, max_lpips=a.max_lpips)
+               for t in _variant_targets(a)]
     out = {"schema": "dctnet-lite-accuracy/1", "machine": machine_info(results[0]["device"]),
            "results": results}
     _emit_json(a, out, "\n".join(format_accuracy(r) for r in results))
     rows = [r for res in results for r in res["rows"]]
-    return EXIT_FAILED if any("error" in r or not r.get("within_bounds", False) for r in rows) else EXIT_OK
+    return EXIT_FAILED if any("error" in r or r.get("within_bounds", False) is False for r in rows) else EXIT_OK
 
 
 def _add_export_modelscope(sub) -> None:
@@ -572,6 +585,53 @@ def _cmd_export_onnx(a) -> int:
 
 
 VERBS.append(_add_export_onnx)
+
+
+def _add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="INT8 post-training static quantization from calibration photos",
+                       description="Write an INT8 artefact (an ONNX file; ONNX Runtime's quantize_static, "
+                                   "calibrated on the training split of DIR) that Cartoonizer, cartoonize, "
+                                   "bench and accuracy load; its metadata names the parent, the calibration "
+                                   "photos and the accuracy measured on the val split (docs/cpu.md). Needs "
+                                   "pip install 'dctnet-lite[onnx]'.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint name or path (the parent)")
+    p.add_argument("--calibration", required=True, metavar="DIR",
+                   help="photo folder: its training split calibrates, its val split measures")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--calib-images", type=int, default=16, metavar="N", help="calibration photos (default 16)")
+    p.add_argument("--calib-size", type=int, default=512, metavar="S",
+                   help="side of the square calibration crops in px (default 512)")
+    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"],
+                   help="calibration method (default minmax)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default: per channel)")
+    p.add_argument("--int8-output-conv", action="store_true",
+                   help="quantize the last conv (to RGB) too (default: it stays float, for accuracy)")
+    p.add_argument("--val-images", default=None, metavar="DIR",
+                   help="photos whose val split measures the accuracy (default: --calibration)")
+    p.add_argument("--val-limit", type=int, default=None, metavar="N", help="at most N val photos")
+    p.add_argument("--no-measure", action="store_true", help="do not measure the accuracy")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_quantize(a) -> int:
+    try:
+        from .tools.quantize import format_quantize, quantize
+
+        res = quantize(a.checkpoint, a.calibration, a.output, calib_images=a.calib_images,
+                       calib_size=a.calib_size, method=a.method, per_channel=not a.per_tensor,
+                       float_output_conv=not a.int8_output_conv,
+                       measure=not a.no_measure, val_images=a.val_images, val_limit=a.val_limit,
+                       threads=a.threads)
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    print(json.dumps(res, indent=2) if a.json else format_quantize(res))
+    acc = res["metadata"].get("accuracy", {})
+    return EXIT_FAILED if acc.get("measured") and acc.get("within_bounds") is False else EXIT_OK
+
+
+VERBS.append(_add_quantize)
 
 
 def _add_import_modelscope(sub) -> None:

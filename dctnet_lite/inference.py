@@ -42,7 +42,7 @@ from .fastpath import GraphRunner, bucket_shape, normalize_buckets, resolve_prec
 from .images import target_size
 from .memory import MemoryModel, available_bytes
 from .model import pad_to_shape
-from .precision import PRECISIONS, check_precision
+from .precision import AUTO, CARTOONIZER_PRECISIONS, INT8, PRECISIONS, check_precision
 
 #: On CPU, images above this many pixels are tiled automatically (bounded memory).
 CPU_MAX_PIXELS = 2048 * 2048
@@ -73,6 +73,11 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
         raise DeviceUnavailable(f"device {str(device)!r} was asked for but this machine has "
                                 f"{torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def is_onnx_path(source) -> bool:
+    """Whether a checkpoint argument names an ONNX file (``*.onnx``: run by ONNX Runtime)."""
+    return isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(".onnx")
 
 
 def resize_on_device(x01: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
@@ -129,6 +134,11 @@ class Cartoonizer:
         checkpoint: a checkpoint name (``dctnet_w48.toon``), a path, or a model (a
             :class:`~dctnet_lite.model.DCTNet` or another family's network); ``None`` takes the
             shipped default and fails if no trained checkpoint exists.
+            A ``.onnx`` path (``dctnet-lite export-onnx``, or an INT8 artefact of
+            ``dctnet-lite quantize``) runs through ONNX Runtime on the CPU
+            (:class:`~dctnet_lite.tools.onnx_export.OnnxRuntimeNetwork`; needs
+            ``pip install 'dctnet-lite[onnx]'``) at the file's own precision (``int8``, ``fp32``):
+            ``precision`` must be ``auto`` or that one; no ``compile`` / ``cuda_graphs``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. On CUDA,
             ``torch.backends.cudnn.benchmark`` is switched on (process-wide).
         precision: ``auto`` (bf16 where the device does bf16 natively: CUDA compute
@@ -138,7 +148,7 @@ class Cartoonizer:
             and activations cast).
         channels_last: memory format; ``None`` means on (oneDNN and cuDNN both run these convs
             fastest in NHWC).
-        compile: wrap the network in ``torch.compile``.
+        compile: wrap the network in ``torch.compile`` (a string: that ``mode``, e.g. ``"max-autotune"``).
         cuda_graphs: run the network through CUDA graphs captured per (padded shape, batch,
             dtype) and replayed (:class:`~dctnet_lite.fastpath.GraphRunner`); CUDA only.
         buckets: pad inputs up to fixed sizes (:func:`~dctnet_lite.fastpath.bucket_shape`) and
@@ -170,13 +180,13 @@ class Cartoonizer:
 
     def __init__(self, checkpoint: Union[str, os.PathLike, nn.Module, None] = None, *,
                  device: Union[str, torch.device] = "auto", precision: str = "auto",
-                 channels_last: Optional[bool] = None, compile: bool = False,
+                 channels_last: Optional[bool] = None, compile: Union[bool, str] = False,
                  tile: Optional[int] = None, tile_overlap: int = 64, cache=None,
                  cuda_graphs: bool = False, buckets=None, resize: str = "auto", max_pixels=None,
                  retain_memory: Optional[bool] = None):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
-        check_precision(precision)
+        check_precision(precision, CARTOONIZER_PRECISIONS)
         if tile is not None and not 16 <= tile <= MAX_TILE:
             raise ValueError(f"tile must lie in 16..{MAX_TILE} pixels, got {tile}")
         self.max_pixels = imio.max_pixels_limit(max_pixels)
@@ -188,25 +198,45 @@ class Cartoonizer:
             raise ValueError(f"cuda_graphs=True needs a CUDA device, but the device is {self.device}")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.retain_memory = self.device.type == "cpu" and retain_cpu_memory(retain_memory)
-        self.precision = resolve_precision(precision, self.device)
-        self.resize = ("device" if self.device.type == "cuda" else "host") if resize == "auto" else resize
-        self.dtype = PRECISIONS[self.precision]
-        self.buckets = normalize_buckets((compile or cuda_graphs) if buckets is None else buckets)
-        self.channels_last = True if channels_last is None else bool(channels_last)
-        self.tile, self.tile_overlap = tile, tile_overlap
         t0 = time.perf_counter()
-        if isinstance(checkpoint, nn.Module):
+        onnx = None
+        if is_onnx_path(checkpoint):  # onnxruntime imported only here (light core)
+            from .tools.onnx_export import OnnxRuntimeNetwork
+
+            if device != "auto" and self.device.type != "cpu" or compile or cuda_graphs:
+                raise ValueError(f"{checkpoint}: an ONNX file runs on the CPU through ONNX Runtime "
+                                 f"(no CUDA device, compile or cuda_graphs)")
+            self.device = torch.device("cpu")
+            onnx = OnnxRuntimeNetwork(checkpoint)
+            if precision not in (AUTO, onnx.precision):
+                raise ValueError(f"{checkpoint} is a {onnx.precision} ONNX file: give precision "
+                                 f"'auto' or '{onnx.precision}', not {precision!r}")
+        elif precision == INT8:
+            raise ValueError("precision 'int8' needs an INT8 artefact (a .onnx file written by "
+                             "`dctnet-lite quantize`) as the checkpoint")
+        self.retain_memory = self.device.type == "cpu" and retain_cpu_memory(retain_memory)
+        self.precision = onnx.precision if onnx is not None else resolve_precision(precision, self.device)
+        self.resize = ("device" if self.device.type == "cuda" else "host") if resize == "auto" else resize
+        self.dtype = PRECISIONS.get(self.precision, torch.float32)  # an ONNX file takes float32 in
+        self.buckets = normalize_buckets((compile or cuda_graphs) if buckets is None else buckets)
+        self.channels_last = onnx is None and (True if channels_last is None else bool(channels_last))
+        self.tile, self.tile_overlap = tile, tile_overlap
+        if onnx is not None:
+            self.model, self.net, self.graphs = onnx.shadow(), onnx, None
+            self.checkpoint_info = onnx.info
+        elif isinstance(checkpoint, nn.Module):
             model = checkpoint.eval()
         else:
             model = load(checkpoint if checkpoint is not None else default_checkpoint(), device="cpu")
-        model = model.to(device=self.device, dtype=self.dtype)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.checkpoint_info = getattr(model, "checkpoint_info", None)
-        self.net = torch.compile(model) if compile else model
-        self.graphs = GraphRunner(lambda x, s: self.net(x, s), self.device) if cuda_graphs else None
+        if onnx is None:
+            model = model.to(device=self.device, dtype=self.dtype)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.model = model
+            self.checkpoint_info = getattr(model, "checkpoint_info", None)
+            self.net = (torch.compile(model, mode=compile) if isinstance(compile, str) else
+                        torch.compile(model)) if compile else model
+            self.graphs = GraphRunner(lambda x, s: self.net(x, s), self.device) if cuda_graphs else None
         self.load_seconds = time.perf_counter() - t0
         self.cache = open_cache(cache)
         self._weights_sha256: Optional[str] = None

@@ -35,7 +35,12 @@ What each row holds (``rows[i]``):
 
 Timing: CUDA uses CUDA events around each call with a synchronize before reading them; CPU uses
 ``time.perf_counter``. Backends: ``eager``, ``channels_last`` (NHWC memory format), ``compile``
-(``torch.compile`` default mode), and ``cudagraphs`` (CUDA only: ``Cartoonizer(cuda_graphs=True)``,
+(``torch.compile`` default mode), ``compile-max-autotune`` (``torch.compile(mode="max-autotune")``:
+its compile and autotuning, tens of seconds to minutes on a 2-core CPU, is in ``first_call_ms``),
+``onnxruntime`` (fp32 only: the target's :func:`~dctnet_lite.tools.onnx_export.export_onnx` file,
+cached per weights under the cache root's ``onnx/`` (:func:`onnx_export_cached`), run by ONNX
+Runtime's CPU provider through :class:`~dctnet_lite.tools.onnx_export.OnnxRuntimeNetwork` with
+the torch thread count), and ``cudagraphs`` (CUDA only: ``Cartoonizer(cuda_graphs=True)``,
 the network captured in a CUDA graph by :class:`dctnet_lite.fastpath.GraphRunner` on the first
 call and replayed on static buffers; normalisation and clamp run eagerly around it). Every
 backend runs at the exact resolution (no shape buckets), so ``macs`` match the work done. A row
@@ -80,16 +85,20 @@ from PIL import Image
 from ..checkpoint import load, resolve, save_checkpoint
 from ..fastpath import resolve_precision
 from ..images import DEFAULT_PNG_LEVEL, save_image
-from ..inference import Cartoonizer, resolve_device
+from ..inference import Cartoonizer, is_onnx_path, resolve_device
 from ..machine import machine_info
 from ..model import ArchConfig, DCTNet
 from ..pipeline import cartoonize_files, default_workers
-from ..precision import AUTO, PRECISIONS
+from ..precision import AUTO, INT8, PRECISIONS
 from ..profile import count_macs, count_params
 from ..registry import family_of
 from .evaluate import select_images
 
-BACKENDS = ("eager", "channels_last", "compile", "cudagraphs")
+BACKENDS = ("eager", "channels_last", "compile", "compile-max-autotune", "onnxruntime", "cudagraphs")
+#: The backend an ONNX file (an INT8 artefact of ``dctnet-lite quantize``, an export) runs on.
+ONNX_BACKEND = "onnxruntime"
+#: The exporter of the ``onnxruntime`` backend's fp32 files.
+ONNX_EXPORTER = "dynamo"
 SCHEMA = "dctnet-lite-bench/1"
 
 #: Quoted, not measured: the seed issue's figures for the original ModelScope DCT-Net.
@@ -214,7 +223,13 @@ def _is_width(target) -> bool:
 
 
 def _target_model(target, seed: int = 0):
-    """(label, DCTNet on CPU fp32, checkpoint path or None) for a width or a checkpoint."""
+    """(label, DCTNet on CPU fp32, checkpoint path or None) for a width or a checkpoint. An ONNX
+    file (an INT8 artefact): (file name, its architecture on the meta device, its path)."""
+    if is_onnx_path(target):
+        from .onnx_export import OnnxRuntimeNetwork
+
+        net = OnnxRuntimeNetwork(target, threads=1)
+        return Path(target).name, net.shadow(), Path(target)
     if _is_width(target):
         torch.manual_seed(seed)
         return f"w{int(target)} (random init)", DCTNet(ArchConfig.from_width(int(target))).eval(), None
@@ -245,10 +260,42 @@ def check_variants(precisions: Sequence[str] = (), backends: Sequence[str] = ())
 
 
 def variant_cartoonizer(source, device, precision: str, backend: str, buckets=False, resize: str = "auto"):
-    """The :class:`Cartoonizer` of one (precision, backend) variant of the bench."""
+    """The :class:`Cartoonizer` of one (precision, backend) variant of the bench. ``onnxruntime``:
+    an ONNX ``source`` as it is (its own precision), else the fp32 export of ``source``."""
+    if backend == ONNX_BACKEND:
+        if not is_onnx_path(source):
+            if precision not in ("fp32", AUTO):
+                raise ValueError(f"the onnxruntime backend runs fp32 exports, not {precision}; INT8 runs as its "
+                                 f"own target (an artefact of `dctnet-lite quantize`)")
+            source, precision = onnx_export_cached(source), "fp32"
+        return Cartoonizer(source, device=device, precision=precision, resize=resize)
+    compile = {"compile": True, "compile-max-autotune": "max-autotune"}.get(backend, False)
     return Cartoonizer(source, device=device, precision=precision,
-                       channels_last=backend == "channels_last", compile=backend == "compile",
+                       channels_last=backend == "channels_last", compile=compile,
                        cuda_graphs=backend == "cudagraphs", buckets=buckets, resize=resize)
+
+
+def onnx_export_cached(source) -> Path:
+    """The fp32 ONNX export (:func:`~dctnet_lite.tools.onnx_export.export_onnx`) of a checkpoint
+    (name or path) or a network, from the cache root's ``onnx/`` folder (see
+    :func:`dctnet_lite.cache.default_cache_root`), exported there (atomically) on a miss; keyed by
+    the fp32 weights' digest, the architecture, the dctnet_lite version and :data:`ONNX_EXPORTER`."""
+    import hashlib
+
+    from .. import __version__
+    from ..cache import default_cache_root
+    from ..checkpoint import payload_digest
+    from .onnx_export import export_onnx
+
+    model = load(resolve(source), device="cpu") if isinstance(source, (str, os.PathLike)) else source
+    model = model.float().eval()
+    key = hashlib.sha256("\0".join([payload_digest(model.state_dict()), family_of(model).name,
+                                     model.config.to_json(), __version__, ONNX_EXPORTER]).encode()).hexdigest()[:32]
+    path = default_cache_root() / "onnx" / f"{key}.fp32.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, path, exporter=ONNX_EXPORTER)
+    return path
 
 
 @contextlib.contextmanager
@@ -303,8 +350,9 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     :func:`with_peak_fraction`; ``None`` without).
     """
     dev = resolve_device(device)
-    check_variants([precision] if precision != AUTO else [], [backend])
-    requested, precision = precision, resolve_precision(precision, dev)  # the row names what ran
+    check_variants([precision] if precision not in (AUTO, INT8) else [], [backend])
+    # the row names what ran (int8: an ONNX artefact's own precision, not a torch dtype)
+    requested, precision = precision, precision if precision == INT8 else resolve_precision(precision, dev)
     if warmup < 1 or repeats < 1:
         raise ValueError("warmup and repeats must be >= 1")
     arch = model.config
@@ -617,8 +665,10 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
             {"measured": False, "gflops": {}, "method": "not measured (peak=False / --no-peak)"}
         for target in targets:
             label, model, path = _target_model(target)
-            for precision in precisions:
-                for backend in backends:
+            # an ONNX file (an INT8 artefact) runs at its own precision on onnxruntime only
+            onnx = is_onnx_path(path) and _onnx_variant(path)
+            for precision in ([onnx[0]] if onnx else precisions):
+                for backend in ([onnx[1]] if onnx else backends):
                     for res in resolutions:
                         for b in batches:
                             row = bench_row(model, label=label, resolution=int(res), batch=int(b),
@@ -648,6 +698,13 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
         "peak": peak_info, "rows": rows, "cold_start": colds, "anchor": ANCHOR,
         "seconds": round(time.perf_counter() - t_start, 3),
     }
+
+
+def _onnx_variant(path) -> tuple:
+    """(precision, backend) an ONNX file runs as in the bench."""
+    from .onnx_export import OnnxRuntimeNetwork
+
+    return OnnxRuntimeNetwork(path, threads=1).precision, ONNX_BACKEND
 
 
 def _cold_entry(target, label, model, path, size, dev, threads) -> dict:

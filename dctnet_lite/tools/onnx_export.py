@@ -29,6 +29,12 @@ wrapper in well under a second and also handles every size, but torch 2.14 marks
 
 ``precision="fp16"`` stores the weights and runs the network in fp16 (for GPU runtimes; the
 graph's inputs and output stay float32). bf16 is refused: ONNX runtimes rarely run bf16 convs.
+
+Running a file: :class:`OnnxRuntimeNetwork` is what :class:`~dctnet_lite.inference.Cartoonizer`
+runs when it is given a ``.onnx`` path (an export of this module, or an INT8 artefact of
+:mod:`dctnet_lite.tools.quantize`): ONNX Runtime's CPU provider behind the network interface
+the Cartoonizer calls, so its pre- and post-processing, tiling and cache are the same.
+onnxruntime is imported only then (``pip install 'dctnet-lite[onnx]'``).
 """
 from __future__ import annotations
 
@@ -49,8 +55,10 @@ from .. import __version__
 from ..checkpoint import load
 from ..fileutil import atomic_write_bytes
 from ..model import DCTNet, pad_to_multiple_traceable
+from ..checkpoint import CheckpointError, CheckpointInfo, file_sha256
+from ..model import strength_vector
 from ..precision import ONNX_PRECISIONS, PRECISIONS, check_precision
-from ..registry import family_of
+from ..registry import family_of, get_family
 
 INPUT_NAMES = ("image", "strength")
 OUTPUT_NAME = "cartoon"
@@ -71,6 +79,73 @@ def _need(module: str):
     except ImportError as e:
         raise ImportError(f"ONNX export/check needs the '{module}' package: "
                           f"pip install 'dctnet-lite[onnx]' (onnx, onnxruntime, onnxscript)") from e
+
+
+def need_onnxruntime():
+    """The ``onnxruntime`` module, or an ImportError saying how to install it (one line)."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError:
+        raise ImportError("running an ONNX file needs onnxruntime: pip install 'dctnet-lite[onnx]'") from None
+
+
+class OnnxRuntimeNetwork:
+    """An ONNX file written by :func:`export_onnx` or :func:`dctnet_lite.tools.quantize.quantize`,
+    run by ONNX Runtime on the CPU behind the network interface the Cartoonizer calls:
+    ``net(x, strength)`` with ``x`` (B, 3, H, W) float in [-1, 1], any H and W (the graph pads
+    and crops itself) -> float32 in [-1, 1] (the graph's [0, 1] output mapped back).
+
+    ``threads``: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()`` now, so
+    ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` govern both runtimes alike).
+    ``precision`` (fp32, fp16, int8), ``family``, ``config`` (the architecture) and
+    ``metadata`` (the ``dctnet_lite.*`` entries) come from the file; :attr:`info` is a
+    :class:`~dctnet_lite.checkpoint.CheckpointInfo` whose ``sha256`` is the file's (cache keys);
+    :meth:`shadow` is the architecture on the meta device (parameter counts, memory estimates).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None):
+        ort = need_onnxruntime()
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX file not found: {self.path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only: no optimizer chatter on stderr
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"{self.path}: not an ONNX model ONNX Runtime can load ({first})") from None
+        meta = {k[len("dctnet_lite."):]: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
+                if k.startswith("dctnet_lite.")}
+        names = [i.name for i in self.session.get_inputs()]
+        if "family" not in meta or "arch" not in meta or names != list(INPUT_NAMES):
+            raise CheckpointError(f"{self.path}: an ONNX file without dctnet_lite's metadata and I/O "
+                                  f"(write one with `dctnet-lite export-onnx` or `dctnet-lite quantize`)")
+        try:
+            family = get_family(meta["family"])
+            self.config = family.config_from_dict(json.loads(meta["arch"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{self.path}: unreadable architecture in its metadata ({e})") from None
+        self.family, self.metadata = family.name, meta
+        self.precision = meta.get("precision", "fp32")
+        self.stride = getattr(family.model_cls, "stride", 16)
+        self.info = CheckpointInfo(path=self.path, arch=self.config, dtype=self.precision, provenance=meta,
+                                   metrics=json.loads(meta.get("accuracy", "{}") or "{}"),
+                                   sha256=file_sha256(self.path), family=family.name)
+
+    def shadow(self) -> nn.Module:
+        """The file's architecture built on the meta device (no memory, no weights)."""
+        with torch.device("meta"):
+            return get_family(self.family).build(self.config).eval()
+
+    def __call__(self, x: torch.Tensor, strength) -> torch.Tensor:
+        s = strength_vector(strength.flatten() if isinstance(strength, torch.Tensor) else strength,
+                            x.shape[0], "cpu", torch.float32)
+        image = ((x.detach().float().cpu() + 1) * 0.5).contiguous().numpy()
+        out = self.session.run([OUTPUT_NAME], {"image": image, "strength": s.numpy()})[0]
+        return torch.from_numpy(out).mul_(2).sub_(1)
 
 
 class OnnxCartoonizer(nn.Module):
