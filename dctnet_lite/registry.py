@@ -261,6 +261,16 @@ WEIGHTS: Tuple[Weights, ...] = (
         metrics={"lpips_alex@512 s=1": 0.0066, "lpips_alex@512 s=0.5": 0.0019},
         card="official_c24n4toon-the-official-teacher-pruned-to-c24-and-distilled"),
     Weights(
+        arch="official_c16n4", tag="toon",
+        sha256="d88045ac199872e2488365e7be3698d04fc585ef99d6679576b4c51e4b1a09e9",
+        summary="official_c32n4.toon Taylor-pruned to c=16, distilled 500 CPU steps",
+        recipe="dctnet-lite prune --config prune/official_c24.yaml --config prune/official_c16.yaml, then "
+               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
+               "--config finetune/distill_official_c16_cpu.yaml (bash finetune/reproduce.sh official)",
+        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
+        metrics={"lpips_alex@512 s=1": 0.0524, "lpips_alex@512 s=0.5": 0.0183},
+        card="official_c16n4toon-the-official-teacher-pruned-to-c16-and-distilled"),
+    Weights(
         arch="official_macs50n4", tag="toon",
         sha256="d75d35d71bae264ed94d800b3cecddb340fa75271f514387831f0f091f9aeb9a",
         summary="official_c32n4.toon LAMP-pruned to half its MACs (non-uniform), distilled 500 CPU steps",

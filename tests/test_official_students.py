@@ -9,7 +9,7 @@ from dctnet_lite.official import OfficialConfig, OfficialGenerator, channel_grou
 
 #: name -> (architecture, the pruned init it was distilled from, the teacher)
 STUDENTS = {
-    # "official_c16n4.toon": ("official_c16n4", "pruned-official-c16", "official_c32n4.toon"),
+    "official_c16n4.toon": ("official_c16n4", "pruned-official-c16", "official_c32n4.toon"),
     "official_macs50n4.toon": ("official_macs50n4", "pruned-official-macs50", "official_c32n4.toon"),
 }
 
