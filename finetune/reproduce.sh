@@ -106,6 +106,12 @@ official() {
     train "${OFFICIAL_CPU[@]}" --config finetune/scratch_official_c24_cpu.yaml > runs/scratch_official_c24.log 2>&1
     THREADS=2 train "${OFFICIAL_CPU[@]}" --config finetune/distill_official_macs50_cpu.yaml --config finetune/scratch_official_macs50_cpu.yaml \
         > runs/scratch_official_macs50.log 2>&1
+    # The criterion check after distillation (prune/README.md): c24 Taylor-pruned, same recipe, not exported.
+    dctnet-lite prune --config prune/official_c24.yaml --checkpoint official_c32n4.toon --criterion taylor --data "$PHOTOS" \
+        -o runs/pruned-official-c24-taylor.safetensors
+    THREADS=2 train "${OFFICIAL_CPU[@]}" --model.init_checkpoint runs/pruned-official-c24-taylor.safetensors \
+        --model.teacher_checkpoint official_c32n4.toon --trainer.default_root_dir runs/distill_official_c24_taylor \
+        > runs/distill_official_c24_taylor.log 2>&1
     dctnet-lite export runs/distill_official_c24_same/checkpoints/last.ckpt -o checkpoints/official_c24n4.toon.safetensors --dtype fp16
     dctnet-lite export runs/distill_official_c16_cpu/checkpoints/last.ckpt -o checkpoints/official_c16n4.toon.safetensors --dtype fp16
     dctnet-lite export runs/distill_official_macs50_cpu/checkpoints/last.ckpt -o checkpoints/official_macs50n4.toon.safetensors --dtype fp16
