@@ -225,17 +225,29 @@ def _curve(width: int, sha256: str, s1: float, s05: float) -> Weights:
         card="dctnet_w56toon-dctnet_w40toon-dctnet_w32toon-the-curve")
 
 
-#: Every weights file we ship. The default first. Metrics: the cards' figures (eval/*_card.yaml,
-#: eval/quality_vs_latency.yaml), LPIPS (alex) on the 13 validation photos at 512 px, CPU fp32.
+#: Every weights file we ship. The default first: the one eval/quality_vs_latency.yaml's rule picks
+#: (the fastest on the default CPU path at 1024 px whose LPIPS to the renderer is within 0.01 of the
+#: best shipped teacher's; report.md, "Default by the rule"). Metrics: the cards' figures
+#: (eval/*_card.yaml), LPIPS (alex) on the 13 validation photos at 512 px, CPU fp32.
 WEIGHTS: Tuple[Weights, ...] = (
     Weights(
-        arch="dctnet_w48", tag="toon", packaged=True, aliases=("toon-w48", "toon_w48"),
+        arch="official_c24n4", tag="toon", packaged=True,
+        sha256="68d7103a243da7a24df4feb14737e4fc07a7f9134ac93589b2b036ed50f61e08",
+        summary="the default: official_c32n4.toon L1-pruned to c=24, distilled 500 CPU steps",
+        recipe="dctnet-lite prune --config prune/official_c24.yaml --checkpoint official_c32n4.toon, then "
+               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
+               "--model.init_checkpoint runs/pruned-official-c24.safetensors --model.teacher_checkpoint official_c32n4.toon",
+        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
+        metrics={"lpips_alex@512 s=1": 0.0066, "lpips_alex@512 s=0.5": 0.0019},
+        card="official_c24n4toon-the-official-teacher-pruned-to-c24-and-distilled-the-default"),
+    Weights(
+        arch="dctnet_w48", tag="toon", aliases=("toon-w48", "toon_w48"),
         sha256="bc4d5dfcdc6713950d79cdb59d89c0e421414d794f25f684aa158f986de0f7ed",
-        summary="the default: dctnet_w64.toon Taylor-pruned to width 48, distilled 500 CPU steps",
+        summary="the first default: dctnet_w64.toon Taylor-pruned to width 48, distilled 500 CPU steps",
         recipe="bash finetune/reproduce.sh w48",
         parent="dctnet_w64.toon", teacher="dctnet_w64.toon", reference="dctnet_w64.toon",
         metrics={"lpips_alex@512 s=1": 0.0024, "lpips_alex@512 s=0.5": 0.0022},
-        card="dctnet_w48toon-pruned-and-distilled-the-default"),
+        card="dctnet_w48toon-pruned-and-distilled-the-first-default"),
     Weights(
         arch="dctnet_w64", tag="toon", aliases=("toon-w64", "toon_w64"),
         sha256="4a719b0f1fac87f6e2b1f717347d08bc1977f49745a1db79c00251c8ec5cb8b8",
@@ -250,16 +262,6 @@ WEIGHTS: Tuple[Weights, ...] = (
         recipe="dctnet-lite train --config finetune/teacher_official.yaml --config finetune/teacher_official_cpu.yaml",
         reference="the toon renderer", metrics={"lpips_alex@512 s=1": 0.0862, "lpips_alex@512 s=0.5": 0.0243},
         card="official_c32n4toon-the-official-generator-as-a-teacher"),
-    Weights(
-        arch="official_c24n4", tag="toon",
-        sha256="68d7103a243da7a24df4feb14737e4fc07a7f9134ac93589b2b036ed50f61e08",
-        summary="official_c32n4.toon L1-pruned to c=24, distilled 500 CPU steps",
-        recipe="dctnet-lite prune --config prune/official_c24.yaml --checkpoint official_c32n4.toon, then "
-               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
-               "--model.init_checkpoint runs/pruned-official-c24.safetensors --model.teacher_checkpoint official_c32n4.toon",
-        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
-        metrics={"lpips_alex@512 s=1": 0.0066, "lpips_alex@512 s=0.5": 0.0019},
-        card="official_c24n4toon-the-official-teacher-pruned-to-c24-and-distilled"),
     Weights(
         arch="official_c16n4", tag="toon",
         sha256="d88045ac199872e2488365e7be3698d04fc585ef99d6679576b4c51e4b1a09e9",

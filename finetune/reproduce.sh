@@ -13,8 +13,8 @@
 #   bash finetune/reproduce.sh all       # teacher, w48, widths, report, official in order
 #
 # Every training step resumes (--ckpt_path last), so an interrupted stage can simply be run again.
-# Run folders go to runs/ (git-ignored); exported checkpoints to checkpoints/ (dctnet_w48.toon to the
-# package's dctnet_lite/weights/), or runs/ for the intermediate pruned-only and scratch models; a
+# Run folders go to runs/ (git-ignored); exported checkpoints to checkpoints/ (the default's file is
+# linked from the package's dctnet_lite/weights/), or runs/ for the intermediate pruned-only and scratch models; a
 # re-exported file has a new sha256, so update its row of the weights table (dctnet_lite/registry.py)
 # before loading it by name. Timings: checkpoints/README.md.
 # The photos are PHOTOS (default ../shared/data/portraits/train, the recipes' default: the shared data
@@ -47,7 +47,7 @@ w48() {
     train "${DISTILL_CPU[@]}" > runs/distill_w48_cpu.log 2>&1 &
     train "${SCRATCH_CPU[@]}" > runs/scratch_w48_cpu.log 2>&1 &
     wait
-    dctnet-lite export runs/distill_w48_cpu/checkpoints/last.ckpt -o dctnet_lite/weights/dctnet_w48.toon.safetensors --dtype fp16
+    dctnet-lite export runs/distill_w48_cpu/checkpoints/last.ckpt -o checkpoints/dctnet_w48.toon.safetensors --dtype fp16
     dctnet-lite export runs/scratch_w48_cpu/checkpoints/last.ckpt -o runs/toon-w48-scratch.safetensors --dtype fp16
     dctnet-lite eval --config eval/w48_card.yaml --images "$PHOTOS"
 }

@@ -55,7 +55,9 @@ def test_cartoonize_without_trained_checkpoint_fails_clearly(tmp_path, monkeypat
     monkeypatch.setattr(ck, "repository_checkpoints_dir", lambda: None)
     rc = main(["cartoonize", str(image_folder), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 1 and "checkpoint dctnet_w48.toon" in err and "was not found: looked for" in err
+    from dctnet_lite.registry import DEFAULT_WEIGHTS
+
+    assert rc == 1 and f"checkpoint {DEFAULT_WEIGHTS} " in err and "was not found: looked for" in err
     assert str(tmp_path / "pkg") in err and "To get it" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 

@@ -235,7 +235,7 @@ def test_update_cards_rewrites_only_the_marked_part(tmp_path):
     assert cards.update_cards(f) and not cards.update_cards(f)
     text = f.read_text()
     assert text.startswith("# title\n") and text.endswith(f"{cards.CARDS_END}\ntail\n")
-    assert "old table" not in text and "`dctnet_w48.toon` (default)" in text
+    assert "old table" not in text and f"`{registry.DEFAULT_WEIGHTS}` (default)" in text
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(ValueError, match="no weights-table markers"):
         cards.update_cards(tmp_path / "plain.md")

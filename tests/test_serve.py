@@ -281,7 +281,9 @@ def test_shipped_default_checkpoint_smoke():
     with TestClient(app) as c:
         small = portrait_like(24, 32, 3)
         r = c.post("/v1/cartoonize", files={"image": ("s.png", png_bytes(small), "image/png")})
-        assert r.status_code == 200 and r.headers["x-dctnet-checkpoint"] == "dctnet_w48.toon"
+        from dctnet_lite.registry import DEFAULT_WEIGHTS
+
+        assert r.status_code == 200 and r.headers["x-dctnet-checkpoint"] == DEFAULT_WEIGHTS
         assert decode(r.content).shape == small.shape
 
 
