@@ -19,6 +19,18 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|mnt|tmp)/[\w.-]+")
 
 
+def assert_no_absolute_path(obj):
+    """No string of a report is an absolute path (a machine's folder layout)."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            assert_no_absolute_path(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            assert_no_absolute_path(v)
+    elif isinstance(obj, str):
+        assert not (os.path.isabs(obj) and len(obj) > 1), obj
+
+
 def portrait_like(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A smooth synthetic 'portrait': gradient background, an ellipse 'face', some noise."""
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import MACHINE_PATH, portrait_like
+from conftest import MACHINE_PATH, assert_no_absolute_path, portrait_like
 
 
 def _lpips_available() -> bool:
@@ -368,18 +368,6 @@ def test_report_from_tiny_recipe(tiny_setup, tmp_path):
     assert str(tmp_path) not in (out / "report.json").read_text() + md
 
 
-def assert_no_absolute_path(obj):
-    """No string of a report is an absolute path (a machine's folder layout)."""
-    if isinstance(obj, dict):
-        for v in obj.values():
-            assert_no_absolute_path(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            assert_no_absolute_path(v)
-    elif isinstance(obj, str):
-        assert not (os.path.isabs(obj) and len(obj) > 1), obj
-
-
 def test_report_overrides_and_pillow_plot(tiny_setup, tmp_path, monkeypatch):
     """CLI-style overrides; without matplotlib the plot is drawn with Pillow."""
     import builtins
@@ -406,7 +394,6 @@ def test_report_overrides_and_pillow_plot(tiny_setup, tmp_path, monkeypatch):
     assert rep["name"] == "over" and rep["quality"]["n_images"] == 1
     assert rep["pareto"]["plot"] == "pillow" and len(rep["pareto"]["points"]) == 2
     assert Image.open(out / "pareto.png").size == (900, 600)
-
 
 
 def test_pillow_plot_keeps_labels_inside(tmp_path):

@@ -5,7 +5,6 @@ ticks and the default rule. Tiny random-init checkpoints, 64 px photos, no timin
 import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MACHINE_PATH, portrait_like
+from conftest import MACHINE_PATH, assert_no_absolute_path, portrait_like
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,15 +34,6 @@ LPIPS_OK = _lpips_available()
 METRIC = "lpips_alex" if LPIPS_OK else "ssim"  # the plot's and the rule's metric in these tests
 
 
-def _no_absolute_path(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _no_absolute_path(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            _no_absolute_path(v)
-    elif isinstance(obj, str):
-        assert not (os.path.isabs(obj) and len(obj) > 1), obj
 
 
 # ------------------------------------------------------------------------------ the rule
@@ -256,7 +246,7 @@ def test_two_families_one_report_common_reference_and_own_teachers(two_families,
     img.load()
     assert img.format == "PNG" and min(img.size) > 300
     assert rep["pareto"]["plot"] == ("matplotlib" if importlib.util.find_spec("matplotlib") else "pillow")
-    _no_absolute_path(rep)
+    assert_no_absolute_path(rep)
     assert str(tmp_path) not in md
 
 
@@ -342,7 +332,7 @@ def test_tf_anchor_row_with_a_fake_runner(two_families, tmp_path, monkeypatch):
     assert pa["value"] == pytest.approx(c32_q["metrics"][METRIC]["mean"])
     assert pa["latency_ms"] == a["latency"]["32"]["median_ms"]
     Image.open(out / "pareto.png").load()
-    _no_absolute_path(rep)
+    assert_no_absolute_path(rep)
     # without weights for the graph: random ones, and no quality for the anchor
     recipe["bench"]["tf_weights"] = None
     FakeTF.calls = []
