@@ -225,6 +225,19 @@ def _curve(width: int, sha256: str, s1: float, s05: float) -> Weights:
         card="dctnet_w56toon-dctnet_w40toon-dctnet_w32toon-the-curve")
 
 
+def _official_student(arch: str, overlay: str, sha256: str, summary: str, s1: float, s05: float,
+                      card: str) -> Weights:
+    """An official_c32n4.toon student of ``bash finetune/reproduce.sh official``: pruned by
+    ``prune/official_<overlay>.yaml``, distilled with ``finetune/distill_official_<overlay>_cpu.yaml``."""
+    return Weights(
+        arch=arch, tag="toon", sha256=sha256, summary=summary,
+        recipe=f"dctnet-lite prune --config prune/official_c24.yaml --config prune/official_{overlay}.yaml, then "
+               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
+               f"--config finetune/distill_official_{overlay}_cpu.yaml (bash finetune/reproduce.sh official)",
+        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
+        metrics={"lpips_alex@512 s=1": s1, "lpips_alex@512 s=0.5": s05}, card=card)
+
+
 #: Every weights file we ship. The default first: the one eval/quality_vs_latency.yaml's rule picks
 #: (the fastest on the default CPU path at 1024 px whose LPIPS to the renderer is within 0.01 of the
 #: best shipped teacher's; report.md, "Default by the rule"). Metrics: the cards' figures
@@ -262,26 +275,13 @@ WEIGHTS: Tuple[Weights, ...] = (
         recipe="dctnet-lite train --config finetune/teacher_official.yaml --config finetune/teacher_official_cpu.yaml",
         reference="the toon renderer", metrics={"lpips_alex@512 s=1": 0.0862, "lpips_alex@512 s=0.5": 0.0243},
         card="official_c32n4toon-the-official-generator-as-a-teacher"),
-    Weights(
-        arch="official_c16n4", tag="toon",
-        sha256="d88045ac199872e2488365e7be3698d04fc585ef99d6679576b4c51e4b1a09e9",
-        summary="official_c32n4.toon Taylor-pruned to c=16, distilled 500 CPU steps",
-        recipe="dctnet-lite prune --config prune/official_c24.yaml --config prune/official_c16.yaml, then "
-               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
-               "--config finetune/distill_official_c16_cpu.yaml (bash finetune/reproduce.sh official)",
-        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
-        metrics={"lpips_alex@512 s=1": 0.0524, "lpips_alex@512 s=0.5": 0.0183},
-        card="official_c16n4toon-the-official-teacher-pruned-to-c16-and-distilled"),
-    Weights(
-        arch="official_macs50n4", tag="toon",
-        sha256="d75d35d71bae264ed94d800b3cecddb340fa75271f514387831f0f091f9aeb9a",
-        summary="official_c32n4.toon LAMP-pruned to half its MACs (non-uniform), distilled 500 CPU steps",
-        recipe="dctnet-lite prune --config prune/official_c24.yaml --config prune/official_macs50.yaml, then "
-               "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
-               "--config finetune/distill_official_macs50_cpu.yaml (bash finetune/reproduce.sh official)",
-        parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
-        metrics={"lpips_alex@512 s=1": 0.00015, "lpips_alex@512 s=0.5": 0.000044},
-        card="official_macs50n4toon-the-official-teacher-pruned-to-half-its-macs-and-distilled"),
+    _official_student("official_c16n4", "c16", "d88045ac199872e2488365e7be3698d04fc585ef99d6679576b4c51e4b1a09e9",
+                      "official_c32n4.toon Taylor-pruned to c=16, distilled 500 CPU steps", 0.0524, 0.0183,
+                      "official_c16n4toon-the-official-teacher-pruned-to-c16-and-distilled"),
+    _official_student("official_macs50n4", "macs50", "d75d35d71bae264ed94d800b3cecddb340fa75271f514387831f0f091f9aeb9a",
+                      "official_c32n4.toon LAMP-pruned to half its MACs (non-uniform), distilled 500 CPU steps",
+                      0.00015, 0.000044,
+                      "official_macs50n4toon-the-official-teacher-pruned-to-half-its-macs-and-distilled"),
     *(_curve(w, sha, s1, s05) for w, sha, s1, s05 in (
         (56, "7450b6c6bf91f08ab81e677167edd8759259f66d3d9172834a21950bf1c65df4", 0.0015, 0.0014),
         (40, "a763b18b437d16f0dcb3a4ac97261099310b82fb43c0974fee8db036845b75fe", 0.0280, 0.0195),

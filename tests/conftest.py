@@ -19,6 +19,40 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|mnt|tmp)/[\w.-]+")
 
 
+def lpips_weights_available(*nets: str) -> bool:
+    """Whether the exact LPIPS weights of every net in ``nets`` load here (lpips_offline)."""
+    try:
+        from dctnet_lite.tools.lpips_offline import LPIPSWeightsUnavailable, load_lpips_weights
+    except ImportError:
+        return False
+    try:
+        for net in nets:
+            load_lpips_weights(net)
+    except LPIPSWeightsUnavailable:
+        return False
+    return True
+
+
+def block_matplotlib(monkeypatch) -> None:
+    """From now on in the test, ``import matplotlib`` (and its submodules) fails."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def blocked(name, *args, **kw):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", blocked)
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """The whole test runs as if matplotlib were not installed."""
+    block_matplotlib(monkeypatch)
+
+
 def assert_no_absolute_path(obj):
     """No string of a report is an absolute path (a machine's folder layout)."""
     if isinstance(obj, dict):

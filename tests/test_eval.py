@@ -10,23 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import MACHINE_PATH, assert_no_absolute_path, portrait_like
+from conftest import MACHINE_PATH, assert_no_absolute_path, lpips_weights_available, portrait_like
 
 
-def _lpips_available() -> bool:
-    try:
-        from dctnet_lite.tools.lpips_offline import LPIPSWeightsUnavailable, load_lpips_weights
-    except ImportError:
-        return False
-    try:
-        load_lpips_weights("alex")
-        load_lpips_weights("vgg")
-    except LPIPSWeightsUnavailable:
-        return False
-    return True
-
-
-LPIPS_OK = _lpips_available()
+LPIPS_OK = lpips_weights_available("alex", "vgg")
 needs_lpips = pytest.mark.skipif(not LPIPS_OK, reason="exact LPIPS weights unavailable (LPIPSWeightsUnavailable)")
 CHEAP_METRICS = ("psnr", "ssim")
 ALL_METRICS = ("lpips_alex", "lpips_vgg", "psnr", "ssim") if LPIPS_OK else CHEAP_METRICS
@@ -368,21 +355,11 @@ def test_report_from_tiny_recipe(tiny_setup, tmp_path):
     assert str(tmp_path) not in (out / "report.json").read_text() + md
 
 
-def test_report_overrides_and_pillow_plot(tiny_setup, tmp_path, monkeypatch):
+def test_report_overrides_and_pillow_plot(tiny_setup, tmp_path, no_matplotlib):
     """CLI-style overrides; without matplotlib the plot is drawn with Pillow."""
-    import builtins
-
     from dctnet_lite.tools.report import make_report
 
     paths, photos = tiny_setup
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *a, **k):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("no matplotlib")
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     recipe = {"checkpoints": ["/dev/null/x.safetensors"],
               "quality": {"reference": "renderer", "images": "/nonexistent", "strengths": [1.0],
                           "sizes": [32], "metrics": ["psnr"]},

@@ -13,24 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MACHINE_PATH, assert_no_absolute_path, portrait_like
+from conftest import MACHINE_PATH, assert_no_absolute_path, block_matplotlib, lpips_weights_available, portrait_like
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _lpips_available() -> bool:
-    try:
-        from dctnet_lite.tools.lpips_offline import LPIPSWeightsUnavailable, load_lpips_weights
-    except ImportError:
-        return False
-    try:
-        load_lpips_weights("alex")
-    except LPIPSWeightsUnavailable:
-        return False
-    return True
-
-
-LPIPS_OK = _lpips_available()
+LPIPS_OK = lpips_weights_available("alex")
 METRIC = "lpips_alex" if LPIPS_OK else "ssim"  # the plot's and the rule's metric in these tests
 
 
@@ -372,8 +360,6 @@ def test_export_tf_weights_is_the_importers_inverse(tmp_path):
 def test_plot_marks_families_and_the_anchor(tmp_path, monkeypatch):
     """A synthetic Pareto dict: the matplotlib plot (when installed) and the Pillow fallback both
     write a PNG PIL reads, with the families and the anchor."""
-    import builtins
-
     from dctnet_lite.tools.report import _plot_pillow, plot_pareto
 
     pts = [{"label": n, "family": f, "latency_ms": ms, "lat_lo": ms * 0.95, "lat_hi": ms * 1.1,
@@ -397,14 +383,7 @@ def test_plot_marks_families_and_the_anchor(tmp_path, monkeypatch):
         a = np.asarray(im.convert("RGB")).reshape(-1, 3).astype(int)
         for rgb in ((31, 119, 180), (255, 127, 14), (148, 103, 189)):
             assert (np.abs(a - rgb).sum(axis=1) < 30).any(), rgb
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kw):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("no matplotlib")
-        return real_import(name, *args, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    block_matplotlib(monkeypatch)
     assert plot_pareto(pareto, tmp_path / "p.png") == "pillow"
     im = Image.open(tmp_path / "p.png")
     assert im.size == (900, 600)

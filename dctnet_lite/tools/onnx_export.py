@@ -73,11 +73,12 @@ EXAMPLE_SHAPE = (2, 48, 80)
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 
 
-def _need(module: str):
+def _need(module: str, what: str = "ONNX export/check"):
+    """Import ``module`` (of the ``[onnx]`` extra) or fail naming ``what`` needs it and how to get it."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"ONNX export/check needs the '{module}' package: "
+        raise ImportError(f"{what} needs the '{module}' package: "
                           f"pip install 'dctnet-lite[onnx]' (onnx, onnxruntime, onnxscript)") from e
 
 

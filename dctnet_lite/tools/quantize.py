@@ -45,7 +45,6 @@ payload sha256), ``quantization`` (route, versions, settings, which nodes), ``ca
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import tempfile
@@ -63,6 +62,7 @@ from ..fileutil import atomic_write_bytes
 from ..registry import family_of
 from .evaluate import load_photo, select_images
 from .onnx_export import INPUT_NAMES, export_onnx
+from .onnx_export import _need as onnx_need
 
 ROUTE = "onnxruntime.quantization.quantize_static"
 CALIB_METHODS = ("minmax", "percentile", "entropy")
@@ -78,11 +78,7 @@ JSON_KEYS = ("arch", "parent", "quantization", "calibration", "accuracy", "dynam
 
 
 def _need(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"dctnet-lite quantize needs the '{module}' package: "
-                          f"pip install 'dctnet-lite[onnx]' (onnx, onnxruntime, onnxscript)") from None
+    return onnx_need(module, "dctnet-lite quantize")
 
 
 def square_crop(x01: torch.Tensor, size: int) -> torch.Tensor:
