@@ -347,11 +347,18 @@ def upsample2x_deconv(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     ``(x[i] + x[i + 1]) / 2`` with the last input replicated (TF's clamp), then cropped to
     ``2 * size``. The same values as TF's ``a + (b - a) * 0.5`` up to the last bit of the
     rounding; about 2.5x faster than the strided formulation at 1024 px. Channels_last in and
-    out."""
+    out, in ``skip``'s dtype.
+
+    With a bf16 ``skip`` the transposed conv runs in float32 (oneDNN's bf16 depthwise transposed
+    conv is the slowest way), its result is rounded to bf16 once and ``skip`` is added there:
+    a float32 + bf16 add is a mixed-dtype loop, 5x slower than the conversion and a bf16 add
+    together (measured at 1024 px, 24 and 32 channels; eval/reports/cpu_bf16/)."""
     n, c, h, w = x.shape
-    xp = F.pad(x, (0, 1, 0, 1), mode="replicate")
-    y = F.conv_transpose2d(xp, _bilinear_kernel(c, x.dtype), None, 2, 1, 0, c)
-    return torch.add(y[..., :2 * h, :2 * w], skip)
+    xp = F.pad(x.float(), (0, 1, 0, 1), mode="replicate")
+    y = F.conv_transpose2d(xp, _bilinear_kernel(c, torch.float32), None, 2, 1, 0, c)[..., :2 * h, :2 * w]
+    if skip.dtype != torch.float32:
+        return y.to(skip.dtype).add_(skip)
+    return torch.add(y, skip)
 
 
 def _conv_few_out(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -403,32 +410,48 @@ def box_filter(x: torch.Tensor, r: int = GF_RADIUS) -> torch.Tensor:
     return F.conv2d(x, weight, None, 1, r, 1, c)
 
 
-@functools.lru_cache(maxsize=4)
-def _box_count(h: int, w: int, r: int) -> torch.Tensor:
-    """``box_filter(ones(1, 1, h, w), r)`` on the CPU (the guided filter's normaliser), per size
-    (the last 4 sizes kept: at most 64 MB at 2048 x 2048, the CPU's largest untiled call)."""
-    return box_filter(torch.ones((1, 1, h, w), dtype=torch.float32), r)
+@functools.lru_cache(maxsize=2)
+def _box_count(h: int, w: int, r: int, c: int) -> torch.Tensor:
+    """``box_filter(ones(1, 1, h, w), r)`` on the CPU (the guided filter's normaliser) as a
+    contiguous (1, h, w, c) tensor: one value per pixel, repeated for the ``c`` channels so that
+    the divisions below run on contiguous memory. Per size, the last 2 kept (at most 96 MB at
+    2048 x 2048 and c = 3, the CPU's largest untiled call)."""
+    n = box_filter(torch.ones((1, 1, h, w), dtype=torch.float32), r)
+    return n.view(1, h, w, 1).expand(1, h, w, c).contiguous()
 
 
 def _guided_filter_nhwc(x: torch.Tensor, y: torch.Tensor, r: int, eps: float) -> torch.Tensor:
-    """:func:`guided_filter` for CPU inference, in float32: the same operations in the same order,
-    written into two NHWC buffers (``[x, y, x*y, x*x]`` and ``[a, b]``) so that each stage's box
-    filters are one channels_last depthwise conv (oneDNN's fast layout for it) and no
-    intermediate is allocated per operation. Returns the result channels_last."""
+    """:func:`guided_filter` for CPU inference, in float32: the same operations in the same order
+    (identical values), with each stage's inputs stacked along the **batch** dimension of one
+    channels_last buffer (``[x, y, x*y, x*x]``, then ``[a, b]``): each box-filter stage is one
+    depthwise conv (oneDNN) and every elementwise operation reads and writes contiguous
+    (h, w, c) blocks, where a stack along the channels made them 3-element strided runs (about
+    1.7x slower at 1024 px). Returns the result channels_last."""
     n, c, h, w = x.shape
-    xt = x.float().permute(0, 2, 3, 1)                                   # (n, h, w, c) views
-    yt = y.float().permute(0, 2, 3, 1)
-    count = _box_count(h, w, r).view(1, h, w, 1, 1)                      # box_filter(ones)
-    stack = torch.empty((n, h, w, 4, c), dtype=torch.float32, device=x.device)
-    stack[:, :, :, 0].copy_(xt)
-    stack[:, :, :, 1].copy_(yt)
-    torch.mul(xt, yt, out=stack[:, :, :, 2])
-    torch.mul(xt, xt, out=stack[:, :, :, 3])
-    means = box_filter(stack.view(n, h, w, 4 * c).permute(0, 3, 1, 2), r)  # channels_last out
-    means = means.permute(0, 2, 3, 1).view(n, h, w, 4, c).div_(count)
-    mean_x, mean_y, mean_xy, mean_xx = means.unbind(3)
-    ab = torch.empty((n, h, w, 2, c), dtype=torch.float32, device=x.device)
-    a, b = ab.unbind(3)
+    cl = torch.channels_last
+    size = n * c * h * w
+    xt = x.float().contiguous(memory_format=cl)
+    yt = y.float().contiguous(memory_format=cl)
+    count = _box_count(h, w, r, c)                                       # (1, h, w, c)
+
+    def stacked(k: int) -> torch.Tensor:   # k channels_last (n, c, h, w) blocks, one after another
+        return torch.empty(k * size, dtype=torch.float32, device=x.device).as_strided(
+            (k, n, c, h, w), (size, c * h * w, 1, w * c, c))
+
+    def box_mean(t: torch.Tensor) -> torch.Tensor:   # (k, n, c, h, w) -> box means, same layout
+        k = t.shape[0]
+        m = box_filter(t.reshape(k * n, c, h, w), r)                     # a view: channels_last
+        m.permute(0, 2, 3, 1).div_(count)
+        return m.view(k, n, c, h, w)
+
+    st = stacked(4)
+    st[0].copy_(xt)
+    st[1].copy_(yt)
+    torch.mul(xt, yt, out=st[2])
+    torch.mul(xt, xt, out=st[3])
+    mean_x, mean_y, mean_xy, mean_xx = box_mean(st).unbind(0)
+    ab = stacked(2)
+    a, b = ab.unbind(0)
     tmp = torch.mul(mean_x, mean_y)
     torch.sub(mean_xy, tmp, out=a)                                       # cov_xy
     torch.mul(mean_x, mean_x, out=tmp)
@@ -436,14 +459,8 @@ def _guided_filter_nhwc(x: torch.Tensor, y: torch.Tensor, r: int, eps: float) ->
     a.div_(tmp)
     torch.mul(a, mean_x, out=tmp)
     torch.sub(mean_y, tmp, out=b)
-    mean_ab = box_filter(ab.view(n, h, w, 2 * c).permute(0, 3, 1, 2), r)
-    mean_ab = mean_ab.permute(0, 2, 3, 1).view(n, h, w, 2, c).div_(count)
-    out = torch.empty((n, c, h, w), dtype=torch.float32, device=x.device,
-                      memory_format=torch.channels_last)
-    ot = out.permute(0, 2, 3, 1)
-    torch.mul(mean_ab[:, :, :, 0], xt, out=ot)
-    ot.add_(mean_ab[:, :, :, 1])
-    return out
+    mean_a, mean_b = box_mean(ab).unbind(0)
+    return torch.mul(mean_a, xt).add_(mean_b)
 
 
 def guided_filter(x: torch.Tensor, y: torch.Tensor, r: int = GF_RADIUS, eps: float = GF_EPS) -> torch.Tensor:
@@ -547,8 +564,8 @@ class OfficialGenerator(nn.Module):
         ReLU (or, in the residual blocks, with the skip's add, written in place) by oneDNN, no
         separate activation passes; the upsampling as :func:`upsample2x_deconv`; the 7x7 to RGB as
         :func:`_conv_few_out_grouped`. bf16 weights and input run the convs in bf16 (oneDNN
-        accumulates in fp32; the upsampling in fp32, the 7x7 to RGB as one conv: the fastest
-        there); the guided filter always runs in fp32."""
+        accumulates in fp32; the upsampling in fp32 with its skip added in bf16, the 7x7 to RGB
+        as one conv: the fastest there); the guided filter always runs in fp32."""
         f, g = conv_fused, conv_padded
         h, w = x.shape[-2:]
         if h % 4 == 0 and w % 4 == 0:
@@ -568,9 +585,7 @@ class OfficialGenerator(nn.Module):
         for block in self.blocks:
             y = f(f(y, block.conv1), block.conv2, residual=y)
         y = f(y, self.dec2)
-        up = upsample2x_deconv
-        if x.dtype != torch.float32:  # oneDNN's bf16 depthwise transposed conv is slow: fp32 there
-            up = lambda t, skip: upsample2x_deconv(t.float(), skip).to(x.dtype)  # noqa: E731
+        up = upsample2x_deconv                  # in float32, then the add in x's dtype
         y = f(f(up(y, x1), self.dec1a), self.dec1b)
         y = f(up(y, x0), self.dec0)
         if x.dtype != torch.float32:  # AMX / AVX512-BF16 run the plain 7x7 to RGB fastest

@@ -522,6 +522,13 @@ def test_fast_building_blocks_match_tf_formulas():
         up = off.upsample2x_deconv(t, skip)
         ref = _plain(lambda: off.upsample2x_legacy(t, skip))
     assert up.shape == ref.shape and (up - ref).abs().max() < 1e-6
+    # bf16 (the CPU default path): upsampled in fp32, rounded once, the skip added in bf16
+    tb, sb = t.bfloat16(), skip.bfloat16().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        upb = off.upsample2x_deconv(tb, sb)
+        refb = _plain(lambda: off.upsample2x_legacy(tb.double(), sb.double()))
+    assert upb.dtype == torch.bfloat16 and upb.is_contiguous(memory_format=torch.channels_last)
+    assert (upb.double() - refb).abs().max() <= 2 * 2 ** -8 * refb.abs().max()  # two bf16 roundings
     conv = torch.nn.Conv2d(8, 3, 7)
     x = torch.randn(1, 8, 20, 24).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -529,12 +536,13 @@ def test_fast_building_blocks_match_tf_formulas():
         b = off._conv_few_out(x, conv)
         c = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 1, 3)
     assert (a - c).abs().max() < 1e-5 and (b - c).abs().max() < 1e-5
-    y = torch.rand(1, 3, 20, 24) * 2 - 1
-    x3 = torch.rand(1, 3, 20, 24) * 2 - 1
-    with torch.no_grad():
-        g = off.guided_filter(x3, y)
-        gp = _plain(lambda: off.guided_filter(x3, y))
-    assert (g - gp).abs().max() < 1e-6
+    for shape in [(1, 3, 20, 24), (2, 3, 7, 11), (1, 3, 1, 5)]:  # the batch-stacked fast path
+        y = torch.rand(*shape) * 2 - 1
+        x3 = (torch.rand(*shape) * 2 - 1).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            g = off.guided_filter(x3, y)
+            gp = _plain(lambda: off.guided_filter(x3, y))
+        assert g.shape == gp.shape and torch.equal(g, gp)  # the same operations in the same order
 
 
 @needs_fixtures
