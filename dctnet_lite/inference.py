@@ -246,9 +246,9 @@ class Cartoonizer:
     @torch.inference_mode()
     def forward(self, x01: torch.Tensor, strength: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] (float, any device) -> same shape in [0, 1] on the model's device."""
-        x = x01.to(self.device, non_blocking=True).to(self.dtype) * 2 - 1
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x01.to(self.device, non_blocking=True)
+        x = x.to(dtype=self.dtype, memory_format=fmt, copy=True).mul_(2).sub_(1)  # our own copy
         h, w = x.shape[-2:]
         tile = self.tile
         if tile is None and self.device.type == "cpu" and h * w > CPU_MAX_PIXELS:

@@ -430,8 +430,6 @@ def _guided_filter_nhwc(x: torch.Tensor, y: torch.Tensor, r: int, eps: float) ->
     n, c, h, w = x.shape
     cl = torch.channels_last
     size = n * c * h * w
-    xt = x.float().contiguous(memory_format=cl)
-    yt = y.float().contiguous(memory_format=cl)
     count = _box_count(h, w, r, c)                                       # (1, h, w, c)
 
     def stacked(k: int) -> torch.Tensor:   # k channels_last (n, c, h, w) blocks, one after another
@@ -445,8 +443,7 @@ def _guided_filter_nhwc(x: torch.Tensor, y: torch.Tensor, r: int, eps: float) ->
         return m.view(k, n, c, h, w)
 
     st = stacked(4)
-    st[0].copy_(xt)
-    st[1].copy_(yt)
+    xt, yt = st[0].copy_(x), st[1].copy_(y)                              # float32 channels_last
     torch.mul(xt, yt, out=st[2])
     torch.mul(xt, xt, out=st[3])
     mean_x, mean_y, mean_xy, mean_xx = box_mean(st).unbind(0)
