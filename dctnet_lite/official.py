@@ -428,7 +428,6 @@ def _guided_filter_nhwc(x: torch.Tensor, y: torch.Tensor, r: int, eps: float) ->
     (h, w, c) blocks, where a stack along the channels made them 3-element strided runs (about
     1.7x slower at 1024 px). Returns the result channels_last."""
     n, c, h, w = x.shape
-    cl = torch.channels_last
     size = n * c * h * w
     count = _box_count(h, w, r, c)                                       # (1, h, w, c)
 
