@@ -23,6 +23,7 @@ re-exported here.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -120,6 +121,22 @@ def _ramp(n: int, overlap: int, device, dtype) -> torch.Tensor:
     return w
 
 
+def _runs_as_is(model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool) -> bool:
+    """Whether ``model`` already is what a Cartoonizer would cast it to: in eval mode, every
+    floating tensor on ``device`` in ``dtype``, its 4-D weights in the memory format asked for."""
+    if any(m.training for m in model.modules()):
+        return False
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device != device and not (device.type == t.device.type and device.index is None):
+            return False
+        if t.is_floating_point() and t.dtype != dtype:
+            return False
+        if t.dim() == 4 and not t.is_contiguous(memory_format=fmt):
+            return False
+    return True
+
+
 def _starts(n: int, tile: int, stride: int) -> List[int]:
     if n <= tile:
         return [0]
@@ -133,7 +150,10 @@ class Cartoonizer:
     Args:
         checkpoint: a checkpoint name (``dctnet_w48.toon``), a path, or a model (a
             :class:`~dctnet_lite.model.DCTNet` or another family's network); ``None`` takes the
-            shipped default and fails if no trained checkpoint exists.
+            shipped default and fails if no trained checkpoint exists. A model you pass is
+            left as it is: when it needs another device, dtype, memory format or eval mode, the
+            Cartoonizer runs a copy (one more copy of the weights); otherwise it runs the model
+            itself (``cartoonizer.model is model``).
             A ``.onnx`` path (``dctnet-lite export-onnx``, or an INT8 artefact of
             ``dctnet-lite quantize``) runs through ONNX Runtime on the CPU
             (:class:`~dctnet_lite.tools.onnx_export.OnnxRuntimeNetwork`; needs
@@ -225,7 +245,10 @@ class Cartoonizer:
             self.model, self.net, self.graphs = onnx.shadow(), onnx, None
             self.checkpoint_info = onnx.info
         elif isinstance(checkpoint, nn.Module):
-            model = checkpoint.eval()
+            model = checkpoint
+            if not _runs_as_is(model, self.device, self.dtype, self.channels_last):
+                model = copy.deepcopy(model)  # the caller's module keeps its weights and mode
+            model.eval()
         else:
             model = load(checkpoint if checkpoint is not None else default_checkpoint(), device="cpu")
         if onnx is None:

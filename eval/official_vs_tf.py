@@ -27,7 +27,6 @@ exists, else on a randomly initialised c=32 n=4 generator). Writes ``official_vs
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -119,8 +118,6 @@ class TFServer:
 
 def ours_runner(model, precision="auto"):
     """(resolved precision, size -> one timed call in ms) through the default Cartoonizer path."""
-    if isinstance(model, torch.nn.Module):  # a Cartoonizer casts the module it is given: one each
-        model = copy.deepcopy(model)
     cz = dctnet_lite.Cartoonizer(model, device="cpu", precision=precision)
     images = {}
 

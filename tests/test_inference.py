@@ -105,6 +105,31 @@ def test_precisions_agree(tiny_model):
         Cartoonizer(tiny_model, precision="int8")
 
 
+def test_a_passed_model_is_left_as_it_is(tiny_model):
+    """A Cartoonizer that needs another dtype, memory format or mode runs a copy; one that needs
+    none runs the model itself."""
+    from dctnet_lite.official import OfficialGenerator
+
+    for model in (tiny_model, OfficialGenerator(8)):
+        model.train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        x = torch.rand(1, 3, 32, 32)
+        bf = Cartoonizer(model, device="cpu", precision="bf16", channels_last=True)
+        assert bf.model is not model and next(bf.model.parameters()).dtype == torch.bfloat16
+        assert model.training and not bf.model.training
+        for k, v in model.state_dict().items():
+            assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+            assert v.dim() != 4 or v.is_contiguous(), k
+        fp = Cartoonizer(model, device="cpu", precision="fp32", channels_last=False)
+        assert fp.model is not model  # still in training mode: a copy put in eval mode
+        model.eval()
+        same = Cartoonizer(model, device="cpu", precision="fp32", channels_last=False)
+        assert same.model is model
+        # the fp32 Cartoonizer built after the bf16 one runs the untouched fp32 weights
+        assert torch.equal(fp.forward(x), same.forward(x))
+        assert (bf.forward(x) - same.forward(x)).abs().max() < 0.05
+
+
 def test_batch_matches_single(cz):
     imgs = [portrait_like(24, 24, i) for i in range(3)] + [portrait_like(16, 20)]
     outs = cz.batch(imgs, batch_size=2)
