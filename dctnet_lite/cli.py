@@ -372,6 +372,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-cold-start", action="store_true", help="skip the subprocess cold-start run")
     p.add_argument("--no-peak", action="store_true",
                    help="skip the matmul peak measurement (peak_fraction then n/a)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the targets of each configuration round-robin (one call of each per "
+                        "round) instead of one after another: steadier ratios between targets")
     p.add_argument("--files", default=None, metavar="DIR",
                    help="also time file-to-file (decode, model, encode) on these photos, per target, "
                         "with the first precision and backend")
@@ -396,7 +399,7 @@ def _cmd_bench(a) -> int:
     result = bench(targets, resolutions=a.resolutions, batches=a.batch, precisions=a.precision,
                    backends=a.backend, device=a.device, threads=a.threads, warmup=a.warmup,
                    repeats=a.repeats, cold_start=not a.no_cold_start, progress=sys.stderr.isatty(),
-                   peak=not a.no_peak)
+                   peak=not a.no_peak, interleave=a.interleave)
     if a.files:
         result["file_to_file"] = [file_to_file(t, a.files, size=a.files_size, device=a.device,
                                                precision=a.precision[0], backend=a.backend[0],

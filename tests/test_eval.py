@@ -251,6 +251,40 @@ def test_bench_json_has_documented_keys(tiny_setup):
     json.dumps(res, allow_nan=False)
 
 
+def test_bench_interleaved_alternates_the_targets(tiny_setup, monkeypatch):
+    """interleave=True: each target warmed up alone, then one timed call of each per round; the
+    rows are those of the sequential run (same keys and order), each naming the interleaving."""
+    from dctnet_lite.tools import bench as B
+
+    paths, _ = tiny_setup
+    calls = []
+    real = B._make_callable
+
+    def logged(cz, x, backend, dev):
+        fn = real(cz, x, backend, dev)
+        w = cz.model.config.base_width
+
+        def call():
+            calls.append((w, x.shape[-1]))
+            return fn()
+        return call
+
+    monkeypatch.setattr(B, "_make_callable", logged)
+    kw = dict(resolutions=(32, 48), threads=1, warmup=2, repeats=3, cold_start=False, peak=False)
+    res = B.bench([str(paths[8]), 16, 8], interleave=True, **kw)
+    seq = B.bench([str(paths[8]), 16, 8], **kw)
+    assert res["settings"]["interleave"] is True and seq["settings"]["interleave"] is False
+    key = lambda r: (r["target"], r["resolution"], r["precision"], r["backend"])  # noqa: E731
+    assert [key(r) for r in res["rows"]] == [key(r) for r in seq["rows"]]
+    for r in res["rows"]:
+        assert "error" not in r and r["interleaved_with"] == 3 and set(B.ROW_KEYS) <= set(r)
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["peak_mem_mb"] >= 0
+    assert all("interleaved_with" not in r for r in seq["rows"])
+    at32 = [w for w, size in calls[:27] if size == 32]
+    assert at32[:6] == [8, 8, 16, 16, 8, 8]       # warm-ups, one target after another
+    assert at32[6:] == [8, 16, 8] * 3              # then the timed rounds, round-robin
+
+
 def test_bench_cold_start_subprocess():
     """A width target is saved to a temporary checkpoint and started in a fresh process."""
     from dctnet_lite.tools.bench import COLD_KEYS, bench

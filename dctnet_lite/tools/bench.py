@@ -76,7 +76,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -338,6 +338,81 @@ def _make_callable(cz, x: torch.Tensor, backend: str, device: torch.device):
     return lambda: cz.forward(x, 1.0)
 
 
+def _row_head(model, label: str, resolution: int, batch: int, precision: str, backend: str,
+              dev: torch.device, warmup: int, repeats: int) -> dict:
+    """A row's description (what runs), before anything is timed."""
+    check_variants([precision] if precision not in (AUTO, INT8) else [], [backend])
+    # the row names what ran (int8: an ONNX artefact's own precision, not a torch dtype)
+    requested, precision = precision, precision if precision == INT8 else resolve_precision(precision, dev)
+    if warmup < 1 or repeats < 1:
+        raise ValueError("warmup and repeats must be >= 1")
+    arch = model.config
+    return {"target": label, "family": family_of(arch).name, "arch": arch.describe(),
+            "width": getattr(arch, "base_width", None),
+            "params": count_params(model), "device": str(dev), "precision": precision,
+            "requested_precision": requested, "backend": backend, "resolution": int(resolution), "batch": int(batch),
+            "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+            "warmup": warmup, "repeats": repeats}
+
+
+def _error(row: dict, e: BaseException) -> dict:
+    return {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+
+def _open_row(row: dict, model, checkpoint, dev: torch.device):
+    """(Cartoonizer, one-call function) for a row; raises what building them raises."""
+    source = str(checkpoint) if checkpoint is not None else copy.deepcopy(model)
+    cz = variant_cartoonizer(source, dev, row["precision"], row["backend"])
+    row["load_seconds"] = cz.load_seconds
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(row["batch"], 3, row["resolution"], row["resolution"], generator=gen).to(dev)
+    return cz, _make_callable(cz, x, row["backend"], dev)
+
+
+def _warm(fn, dev: torch.device, warmup: int, backend: str, more=None) -> Tuple[float, float, str]:
+    """(first call s, peak memory bytes, method) over the ``warmup`` calls and ``more()``
+    (the timed calls of a row measured alone; nothing when interleaved)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_alloc = torch.cuda.memory_allocated(dev)
+        t0 = time.perf_counter()
+        first = _time_calls(fn, dev, 1)[0]
+        if backend == "cudagraphs":  # graph capture + first replay, wall clock
+            first = time.perf_counter() - t0
+        _time_calls(fn, dev, warmup - 1)
+        if more is not None:
+            more()
+        return first, torch.cuda.max_memory_allocated(dev) - base_alloc, "cuda-max-allocated"
+    with _RSSPeak() as mem:
+        first = _time_calls(fn, dev, 1)[0]
+        _time_calls(fn, dev, warmup - 1)
+        if more is not None:
+            more()
+    return first, mem.peak_delta, mem.method
+
+
+def _row_figures(row: dict, model, times: Sequence[float], first: float, peak: float, method: str,
+                 peaks: Optional[Mapping[str, Optional[float]]]) -> dict:
+    median = _percentile(times, 0.5)
+    batch, resolution = row["batch"], row["resolution"]
+    macs = count_macs(model.config, resolution, resolution, batch)
+    row = dict(row)
+    row.update(median_ms=median * 1e3, p90_ms=_percentile(times, 0.9) * 1e3,
+               mean_ms=sum(times) / len(times) * 1e3, min_ms=min(times) * 1e3,
+               p25_ms=_percentile(times, 0.25) * 1e3, p75_ms=_percentile(times, 0.75) * 1e3,
+               max_ms=max(times) * 1e3,
+               first_call_ms=first * 1e3, throughput_img_s=batch / median,
+               peak_mem_mb=peak / 2 ** 20, peak_mem_method=method, macs=macs,
+               gmacs=macs / 1e9, tflops=2 * macs / median / 1e12, gflops=2 * macs / median / 1e9)
+    return with_peak_fraction(row, peaks)
+
+
+def _release(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: str = "fp32",
               backend: str = "eager", device: Union[str, torch.device] = "cpu", warmup: int = 2,
               repeats: int = 5, checkpoint: Optional[Union[str, os.PathLike]] = None,
@@ -350,63 +425,64 @@ def bench_row(model, *, label: str, resolution: int, batch: int = 1, precision: 
     :func:`with_peak_fraction`; ``None`` without).
     """
     dev = resolve_device(device)
-    check_variants([precision] if precision not in (AUTO, INT8) else [], [backend])
-    # the row names what ran (int8: an ONNX artefact's own precision, not a torch dtype)
-    requested, precision = precision, precision if precision == INT8 else resolve_precision(precision, dev)
-    if warmup < 1 or repeats < 1:
-        raise ValueError("warmup and repeats must be >= 1")
-    arch = model.config
-    row = {"target": label, "family": family_of(arch).name, "arch": arch.describe(),
-           "width": getattr(arch, "base_width", None),
-           "params": count_params(model), "device": str(dev), "precision": precision,
-           "requested_precision": requested, "backend": backend, "resolution": int(resolution), "batch": int(batch),
-           "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-           "warmup": warmup, "repeats": repeats}
+    row = _row_head(model, label, resolution, batch, precision, backend, dev, warmup, repeats)
     if backend == "cudagraphs" and dev.type != "cuda":
         return {**row, "error": "cudagraphs needs a CUDA device"}
     cz = None
     try:
-        source = str(checkpoint) if checkpoint is not None else copy.deepcopy(model)
-        cz = variant_cartoonizer(source, dev, precision, backend)
-        row["load_seconds"] = cz.load_seconds
-        gen = torch.Generator().manual_seed(0)
-        x = torch.rand(batch, 3, resolution, resolution, generator=gen).to(dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            base_alloc = torch.cuda.memory_allocated(dev)
-            t0 = time.perf_counter()
-            fn = _make_callable(cz, x, backend, dev)
-            first = _time_calls(fn, dev, 1)[0]
-            if backend == "cudagraphs":  # graph capture + first replay, wall clock
-                first = time.perf_counter() - t0
-            _time_calls(fn, dev, warmup - 1)
-            times = _time_calls(fn, dev, repeats)
-            peak = torch.cuda.max_memory_allocated(dev) - base_alloc
-            method = "cuda-max-allocated"
-        else:
-            with _RSSPeak() as mem:
-                fn = _make_callable(cz, x, backend, dev)
-                first = _time_calls(fn, dev, 1)[0]
-                _time_calls(fn, dev, warmup - 1)
-                times = _time_calls(fn, dev, repeats)
-            peak, method = mem.peak_delta, mem.method
+        cz, fn = _open_row(row, model, checkpoint, dev)
+        times: List[float] = []
+        first, peak, method = _warm(fn, dev, warmup, backend, lambda: times.extend(_time_calls(fn, dev, repeats)))
     except Exception as e:  # one failing configuration must not end the benchmark
-        return {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        return _error(row, e)
     finally:
         del cz
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    median = _percentile(times, 0.5)
-    macs = count_macs(arch, resolution, resolution, batch)
-    row.update(median_ms=median * 1e3, p90_ms=_percentile(times, 0.9) * 1e3,
-               mean_ms=sum(times) / len(times) * 1e3, min_ms=min(times) * 1e3,
-               p25_ms=_percentile(times, 0.25) * 1e3, p75_ms=_percentile(times, 0.75) * 1e3,
-               max_ms=max(times) * 1e3,
-               first_call_ms=first * 1e3, throughput_img_s=batch / median,
-               peak_mem_mb=peak / 2 ** 20, peak_mem_method=method, macs=macs,
-               gmacs=macs / 1e9, tflops=2 * macs / median / 1e12, gflops=2 * macs / median / 1e9)
-    return with_peak_fraction(row, peaks)
+        _release(dev)
+    return _row_figures(row, model, times, first, peak, method, peaks)
+
+
+def bench_rows_interleaved(entries: Sequence[tuple], *, resolution: int, batch: int = 1,
+                           precision: str = "fp32", backend: str = "eager",
+                           device: Union[str, torch.device] = "cpu", warmup: int = 2, repeats: int = 5,
+                           peaks: Optional[Mapping[str, Optional[float]]] = None) -> List[dict]:
+    """:func:`bench_row` for several models at one configuration, **interleaved**: each is built
+    and warmed up alone (its ``first_call_ms`` and ``peak_mem_mb`` come from its warm-up calls),
+    then every round calls each once, so that all see the same machine state and the ratios of
+    their medians hold on a machine whose speed drifts. ``entries``: ``(label, model, checkpoint
+    path or None)``. One row per entry, in that order; a failing one carries ``error``."""
+    dev = resolve_device(device)
+    out: List[dict] = []
+    live = []                                           # (index, row, model, cz, fn, first, peak, method)
+    try:
+        for label, model, path in entries:
+            row = _row_head(model, label, resolution, batch, precision, backend, dev, warmup, repeats)
+            out.append(row)
+            try:
+                cz, fn = _open_row(row, model, path, dev)
+                first, peak, method = _warm(fn, dev, warmup, backend)
+            except Exception as e:
+                out[-1] = _error(row, e)
+                continue
+            live.append((len(out) - 1, row, model, cz, fn, first, peak, method))
+        times: Dict[int, List[float]] = {i: [] for i, *_ in live}
+        failed: Dict[int, BaseException] = {}
+        for _ in range(repeats):
+            for i, row, model, cz, fn, *_rest in live:
+                if i in failed:
+                    continue
+                try:
+                    times[i] += _time_calls(fn, dev, 1)
+                except Exception as e:
+                    failed[i] = e
+        for i, row, model, cz, fn, first, peak, method in live:
+            out[i] = _error(row, failed[i]) if i in failed else \
+                _row_figures(row, model, times[i], first, peak, method, peaks)
+    finally:
+        live.clear()
+        _release(dev)
+    for r in out:
+        r["interleaved_with"] = len(entries)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,7 +716,8 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
           batches: Sequence[int] = (1,), precisions: Sequence[str] = ("fp32",),
           backends: Sequence[str] = ("eager",), device: str = "cpu", threads: Optional[int] = None,
           warmup: int = 2, repeats: int = 5, cold_start: bool = True, *,
-          cold_start_size: Optional[int] = None, progress: bool = False, peak: bool = True) -> dict:
+          cold_start_size: Optional[int] = None, progress: bool = False, peak: bool = True,
+          interleave: bool = False) -> dict:
     """Benchmark every (target, precision, backend, resolution, batch); see the module docstring.
 
     ``targets``: checkpoint names/paths, or widths (ints or digit strings: random init).
@@ -648,6 +725,9 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
     ``cold_start_size``: resolution of the cold-start image (default: the largest resolution).
     ``peak``: measure the matmul peak (:func:`peak_metadata`: fp32, bf16 and any other precision
     run) so that each row has ``peak_fraction``; ``False`` skips it (``None`` in the rows).
+    ``interleave``: time the targets of each (precision, backend, resolution, batch) round-robin
+    (:func:`bench_rows_interleaved`) instead of one after another, for ratios that hold on a
+    machine whose speed drifts; ONNX artefacts (their own precision and backend) stay sequential.
     Returns a JSON-serialisable dict with ``machine``, ``settings``, ``peak``, ``rows``,
     ``cold_start`` and the quoted ``anchor``.
     """
@@ -663,11 +743,27 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
     with torch_threads(threads):
         peak_info = peak_metadata(dev, (*PEAK_DTYPES, *(resolve_precision(p, dev) for p in precisions))) if peak else \
             {"measured": False, "gflops": {}, "method": "not measured (peak=False / --no-peak)"}
-        for target in targets:
-            label, model, path = _target_model(target)
+        loaded = [_target_model(target) for target in targets]
+        together = [i for i, (_, _, path) in enumerate(loaded) if interleave and not is_onnx_path(path)]
+        grouped: Dict[int, List[dict]] = {i: [] for i in together}
+        for precision in precisions if together else ():
+            for backend in backends:
+                for res in resolutions:
+                    for b in batches:
+                        group = bench_rows_interleaved([loaded[i] for i in together], resolution=int(res),
+                                                       batch=int(b), precision=precision, backend=backend,
+                                                       device=dev, warmup=warmup, repeats=repeats,
+                                                       peaks=peak_info["gflops"])
+                        for i, row in zip(together, group):
+                            row["checkpoint"] = str(loaded[i][2]) if loaded[i][2] else None
+                            grouped[i].append(row)
+                            if progress:
+                                print(_row_line(row), file=sys.stderr, flush=True)
+        for i, (target, (label, model, path)) in enumerate(zip(targets, loaded)):
+            rows += grouped.get(i, [])
             # an ONNX file (an INT8 artefact) runs at its own precision on onnxruntime only
             onnx = is_onnx_path(path) and _onnx_variant(path)
-            for precision in ([onnx[0]] if onnx else precisions):
+            for precision in ([onnx[0]] if onnx else () if i in grouped else precisions):
                 for backend in ([onnx[1]] if onnx else backends):
                     for res in resolutions:
                         for b in batches:
@@ -694,6 +790,7 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
                      "backends": list(backends), "device": str(dev), "threads": threads,
                      "warmup": warmup, "repeats": repeats, "cold_start": bool(cold_start),
                      "cold_start_size": cold_size if cold_start else None, "peak": bool(peak),
+                     "interleave": bool(interleave),
                      "input": "square r x r random RGB in [0, 1] on the device, strength 1"},
         "peak": peak_info, "rows": rows, "cold_start": colds, "anchor": ANCHOR,
         "seconds": round(time.perf_counter() - t_start, 3),

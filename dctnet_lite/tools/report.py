@@ -98,6 +98,9 @@ class Bench:
     repeats: int = 5
     cold_start: bool = True
     cold_start_size: Optional[int] = None
+    #: time the targets of each configuration round-robin (bench(interleave=True)): the
+    #: ratios between rows then hold on a machine whose speed drifts
+    interleave: bool = False
     #: the official graph under TensorFlow as an anchor row: auto (when TensorFlow is there) or off
     tf_anchor: str = "off"
     tf_python: Optional[str] = None      #: the TensorFlow venv's python (default: $TF_PYTHON)
@@ -1274,7 +1277,7 @@ def run_report(cfg: dict, files: Sequence[str] = (), out_dir: Union[str, os.Path
                                     backends=b["backends"], device=b["device"],
                                     threads=b["threads"], warmup=b["warmup"], repeats=b["repeats"],
                                     cold_start=b["cold_start"], cold_start_size=b["cold_start_size"],
-                                    progress=progress)
+                                    interleave=bool(b.get("interleave")), progress=progress)
         else:
             warnings.warn("nothing to benchmark: no checkpoint exists and no widths are given", stacklevel=2)
         report["tf_anchor"] = tf_anchor({**b, "tf_weights": _resolve_spec(b.get("tf_weights"), base),
