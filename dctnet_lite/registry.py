@@ -226,11 +226,11 @@ def _curve(width: int, sha256: str, s1: float, s05: float) -> Weights:
 
 
 def _official_student(arch: str, overlay: str, sha256: str, summary: str, s1: float, s05: float,
-                      card: str) -> Weights:
+                      card: str, packaged: bool = False) -> Weights:
     """An official_c32n4.toon student of ``bash finetune/reproduce.sh official``: pruned by
     ``prune/official_<overlay>.yaml``, distilled with ``finetune/distill_official_<overlay>_cpu.yaml``."""
     return Weights(
-        arch=arch, tag="toon", sha256=sha256, summary=summary,
+        arch=arch, tag="toon", sha256=sha256, summary=summary, packaged=packaged,
         recipe=f"dctnet-lite prune --config prune/official_c24.yaml --config prune/official_{overlay}.yaml, then "
                "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
                f"--config finetune/distill_official_{overlay}_cpu.yaml (bash finetune/reproduce.sh official)",
@@ -243,16 +243,21 @@ def _official_student(arch: str, overlay: str, sha256: str, summary: str, s1: fl
 #: best shipped teacher's; report.md, "Default by the rule"). Metrics: the cards' figures
 #: (eval/*_card.yaml), LPIPS (alex) on the 13 validation photos at 512 px, CPU fp32.
 WEIGHTS: Tuple[Weights, ...] = (
+    _official_student("official_macs50n4", "macs50", "d75d35d71bae264ed94d800b3cecddb340fa75271f514387831f0f091f9aeb9a",
+                      "the default: official_c32n4.toon LAMP-pruned to half its MACs (non-uniform), distilled 500 CPU steps",
+                      0.00015, 0.000044,
+                      "official_macs50n4toon-the-official-teacher-pruned-to-half-its-macs-and-distilled-the-default",
+                      packaged=True),
     Weights(
-        arch="official_c24n4", tag="toon", packaged=True,
+        arch="official_c24n4", tag="toon",
         sha256="68d7103a243da7a24df4feb14737e4fc07a7f9134ac93589b2b036ed50f61e08",
-        summary="the default: official_c32n4.toon L1-pruned to c=24, distilled 500 CPU steps",
+        summary="the second default: official_c32n4.toon L1-pruned to c=24, distilled 500 CPU steps",
         recipe="dctnet-lite prune --config prune/official_c24.yaml --checkpoint official_c32n4.toon, then "
                "dctnet-lite train --config finetune/distill_official_c24.yaml --config finetune/distill_official_c24_cpu.yaml "
                "--model.init_checkpoint runs/pruned-official-c24.safetensors --model.teacher_checkpoint official_c32n4.toon",
         parent="official_c32n4.toon", teacher="official_c32n4.toon", reference="official_c32n4.toon",
         metrics={"lpips_alex@512 s=1": 0.0066, "lpips_alex@512 s=0.5": 0.0019},
-        card="official_c24n4toon-the-official-teacher-pruned-to-c24-and-distilled-the-default"),
+        card="official_c24n4toon-the-official-teacher-pruned-to-c24-and-distilled-the-second-default"),
     Weights(
         arch="dctnet_w48", tag="toon", aliases=("toon-w48", "toon_w48"),
         sha256="bc4d5dfcdc6713950d79cdb59d89c0e421414d794f25f684aa158f986de0f7ed",
@@ -278,10 +283,6 @@ WEIGHTS: Tuple[Weights, ...] = (
     _official_student("official_c16n4", "c16", "d88045ac199872e2488365e7be3698d04fc585ef99d6679576b4c51e4b1a09e9",
                       "official_c32n4.toon Taylor-pruned to c=16, distilled 500 CPU steps", 0.0524, 0.0183,
                       "official_c16n4toon-the-official-teacher-pruned-to-c16-and-distilled"),
-    _official_student("official_macs50n4", "macs50", "d75d35d71bae264ed94d800b3cecddb340fa75271f514387831f0f091f9aeb9a",
-                      "official_c32n4.toon LAMP-pruned to half its MACs (non-uniform), distilled 500 CPU steps",
-                      0.00015, 0.000044,
-                      "official_macs50n4toon-the-official-teacher-pruned-to-half-its-macs-and-distilled"),
     *(_curve(w, sha, s1, s05) for w, sha, s1, s05 in (
         (56, "7450b6c6bf91f08ab81e677167edd8759259f66d3d9172834a21950bf1c65df4", 0.0015, 0.0014),
         (40, "a763b18b437d16f0dcb3a4ac97261099310b82fb43c0974fee8db036845b75fe", 0.0280, 0.0195),

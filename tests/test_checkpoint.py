@@ -102,9 +102,9 @@ def test_other_names_resolve_through_the_environment_folders(tmp_path, tiny_mode
     assert resolve("mine-w8") == tmp_path / "mine-w8.safetensors"
     assert "mine-w8" in [c.name for c in list_checkpoints()]
     assert read_info(resolve("mine-w8")).arch.base_width == 8
-    from dctnet_lite.registry import DEFAULT_WEIGHTS
+    from dctnet_lite.registry import DEFAULT_WEIGHTS, WEIGHTS
 
-    with pytest.raises(CheckpointError, match=f"no checkpoint named 'nope'; shipped: {DEFAULT_WEIGHTS}, dctnet_w48.toon"):
+    with pytest.raises(CheckpointError, match=f"no checkpoint named 'nope'; shipped: {DEFAULT_WEIGHTS}, {WEIGHTS[1].name}, "):
         resolve("nope")
 
 
