@@ -271,7 +271,8 @@ class Cartoonizer:
         """(B, 3, H, W) RGB in [0, 1] (float, any device) -> same shape in [0, 1] on the model's device."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x01.to(self.device, non_blocking=True)
-        x = x.to(dtype=self.dtype, memory_format=fmt, copy=True).mul_(2).sub_(1)  # our own copy
+        # scaled in place in a tensor of our own: a copy unless moving it to the device made one
+        x = x.to(dtype=self.dtype, memory_format=fmt, copy=x is x01).mul_(2).sub_(1)
         h, w = x.shape[-2:]
         tile = self.tile
         if tile is None and self.device.type == "cpu" and h * w > CPU_MAX_PIXELS:

@@ -128,6 +128,9 @@ def test_a_passed_model_is_left_as_it_is(tiny_model):
         # the fp32 Cartoonizer built after the bf16 one runs the untouched fp32 weights
         assert torch.equal(fp.forward(x), same.forward(x))
         assert (bf.forward(x) - same.forward(x)).abs().max() < 0.05
+        x0 = x.clone()
+        same.forward(x)  # already fp32 NCHW on the device: scaled in a copy, not in the caller's tensor
+        assert torch.equal(x, x0)
 
 
 def test_batch_matches_single(cz):
