@@ -31,7 +31,10 @@ What each row holds (``rows[i]``):
   and ``gflops / peak_gflops``; ``None`` when the peak was not measured (``peak=False``) or the
   matmul failed in that dtype;
 - ``load_seconds``: :attr:`Cartoonizer.load_seconds` in this (warm) process (reading the
-  checkpoint file, or only moving/casting a random-init width's model).
+  checkpoint file, or only moving/casting a random-init width's model);
+- ``interleaved_with`` (``bench(interleave=True)`` only): how many targets shared the rounds: each
+  target warmed up alone (``first_call_ms``, ``peak_mem_mb`` from those calls), then every round
+  timed one call of each, so ratios between rows hold on a machine whose speed drifts.
 
 Timing: CUDA uses CUDA events around each call with a synchronize before reading them; CPU uses
 ``time.perf_counter``. Backends: ``eager``, ``channels_last`` (NHWC memory format), ``compile``
