@@ -1008,7 +1008,9 @@ def summary_markdown(report: dict) -> List[str]:
              + f", quality at {q.get('precision', '?')}; the own-teacher columns score each student against "
                f"its registry teacher's output (teachers: –). Cells: mean [95 % interval]. Latency: "
                f"median ms of {settings.get('repeats')} calls, batch 1, {settings.get('threads') or 'default'} "
-               f"threads, backend {', '.join(settings.get('backends', []))}, on {dev}.", ""]
+               f"threads, backend {', '.join(settings.get('backends', []))}, on {dev}"
+               + ("; the rows interleaved (each round calls every checkpoint once)" if settings.get("interleave")
+                  else "; the rows timed one after another") + ".", ""]
     lines += _md_table(header, body)
     lines.append("")
     if anchor.get("skipped"):
@@ -1104,7 +1106,10 @@ def bench_markdown(result: dict) -> List[str]:
     s = result.get("settings", {})
     if s:
         lines += [f"Input: {s.get('input', 'square inputs')}; {s.get('warmup')} warm-up + "
-                  f"{s.get('repeats')} timed calls per row; latency is per batch.", ""]
+                  f"{s.get('repeats')} timed calls per row"
+                  + (", interleaved: the rows of each configuration warmed up one after another, then "
+                     "timed round-robin, one call of each per round" if s.get("interleave") else "")
+                  + "; latency is per batch.", ""]
     header = ["target", "architecture", "device", "precision", "backend", "px", "batch", "median ms",
               "p90 ms", "img/s", "peak MB", "GMACs", "TFLOP/s"]
     rows = []
