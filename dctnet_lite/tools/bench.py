@@ -71,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import itertools
 import json
 import os
 import subprocess
@@ -749,35 +750,30 @@ def bench(targets: Sequence[Union[str, int]], resolutions: Sequence[int] = (256,
         loaded = [_target_model(target) for target in targets]
         together = [i for i, (_, _, path) in enumerate(loaded) if interleave and not is_onnx_path(path)]
         grouped: Dict[int, List[dict]] = {i: [] for i in together}
-        for precision in precisions if together else ():
-            for backend in backends:
-                for res in resolutions:
-                    for b in batches:
-                        group = bench_rows_interleaved([loaded[i] for i in together], resolution=int(res),
-                                                       batch=int(b), precision=precision, backend=backend,
-                                                       device=dev, warmup=warmup, repeats=repeats,
-                                                       peaks=peak_info["gflops"])
-                        for i, row in zip(together, group):
-                            row["checkpoint"] = str(loaded[i][2]) if loaded[i][2] else None
-                            grouped[i].append(row)
-                            if progress:
-                                print(_row_line(row), file=sys.stderr, flush=True)
+
+        def keep(row: dict, path, into: List[dict]) -> None:
+            row["checkpoint"] = str(path) if path else None
+            into.append(row)
+            if progress:
+                print(_row_line(row), file=sys.stderr, flush=True)
+
+        for precision, backend, res, b in itertools.product(precisions if together else (), backends,
+                                                            resolutions, batches):
+            group = bench_rows_interleaved([loaded[i] for i in together], resolution=int(res), batch=int(b),
+                                           precision=precision, backend=backend, device=dev, warmup=warmup,
+                                           repeats=repeats, peaks=peak_info["gflops"])
+            for i, row in zip(together, group):
+                keep(row, loaded[i][2], grouped[i])
         for i, (target, (label, model, path)) in enumerate(zip(targets, loaded)):
             rows += grouped.get(i, [])
             # an ONNX file (an INT8 artefact) runs at its own precision on onnxruntime only
             onnx = is_onnx_path(path) and _onnx_variant(path)
-            for precision in ([onnx[0]] if onnx else () if i in grouped else precisions):
-                for backend in ([onnx[1]] if onnx else backends):
-                    for res in resolutions:
-                        for b in batches:
-                            row = bench_row(model, label=label, resolution=int(res), batch=int(b),
-                                            precision=precision, backend=backend, device=dev,
-                                            warmup=warmup, repeats=repeats, checkpoint=path,
-                                            peaks=peak_info["gflops"])
-                            row["checkpoint"] = str(path) if path else None
-                            rows.append(row)
-                            if progress:
-                                print(_row_line(row), file=sys.stderr, flush=True)
+            for precision, backend, res, b in itertools.product(
+                    [onnx[0]] if onnx else () if i in grouped else precisions,
+                    [onnx[1]] if onnx else backends, resolutions, batches):
+                keep(bench_row(model, label=label, resolution=int(res), batch=int(b), precision=precision,
+                               backend=backend, device=dev, warmup=warmup, repeats=repeats, checkpoint=path,
+                               peaks=peak_info["gflops"]), path, rows)
             if cold_start:
                 colds.append(_cold_entry(target, label, model, path, cold_size, dev, threads))
                 if progress:
